@@ -1,0 +1,7 @@
+"""``python -m bncourse``."""
+
+import sys
+
+from bncourse.cli import main
+
+sys.exit(main())

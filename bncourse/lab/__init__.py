@@ -1,0 +1,1 @@
+"""What the chapters run: data, small models, training, probes, experiments and figures."""
