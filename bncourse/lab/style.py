@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+# No backend is forced here: a notebook kernel keeps its inline backend, which is what turns a
+# figure into the PNG the book shows (under Agg a glued figure would render as its text repr).
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 #: Colours used consistently across chapters (colour-blind safe, readable on light and dark).
 COLORS = {
