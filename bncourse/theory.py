@@ -66,7 +66,7 @@ ArrayLike = float | int | Sequence[float] | np.ndarray
 
 
 def _as_array(name: str, value: ArrayLike) -> np.ndarray:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):
         raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}")
     try:
         out = np.asarray(value, dtype=float)
