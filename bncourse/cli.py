@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from bncourse import __version__
 
@@ -13,8 +15,107 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bncourse", description="Tools of the Batch Normalization and Dropout course."
     )
     parser.add_argument("--version", action="version", version=f"bncourse {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_instructor_commands(commands)
     return parser
+
+
+def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
+    grade = commands.add_parser(
+        "grade",
+        help="autograde every submitted student in parallel, then feedback and grades.csv",
+        description=(
+            "Autograde every student in submitted/*/ASSIGNMENT with nbgrader, in parallel worker "
+            "processes, store the grades in the course gradebook, generate feedback and export "
+            "the grades to CSV. Exits 1 when a submission could not be graded."
+        ),
+    )
+    grade.add_argument(
+        "assignment", metavar="ASSIGNMENT", help="assignment id, e.g. ps01_batchnorm"
+    )
+    grade.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="worker processes (default: the number of CPU cores)",
+    )
+    grade.add_argument(
+        "--course-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
+    )
+    grade.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
+    grade.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML files")
+    grade.add_argument("--no-progress", action="store_true", help="no progress bar")
+    grade.set_defaults(func=_run_grade)
+
+    check = commands.add_parser(
+        "check",
+        help="grade your notebook the way the autograder will and show the score of each part",
+        description=(
+            "Run NOTEBOOK through nbgrader's autograder in a temporary course (same time limit, "
+            "test cells restored from the instructor version) and print a score table with the "
+            "feedback of each failed check. Exits 1 when a check fails, 2 when grading failed."
+        ),
+    )
+    check.add_argument("notebook", type=Path, metavar="NOTEBOOK")
+    check.add_argument(
+        "--assignment",
+        default=None,
+        help="assignment id (default: the name of the folder holding NOTEBOOK)",
+    )
+    check.add_argument(
+        "--course-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
+    )
+    check.set_defaults(func=_run_check)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _run_grade(args: argparse.Namespace) -> int:
+    from bncourse.instructor.course import Course
+    from bncourse.instructor.grade import grade_class, summary_table
+
+    try:
+        course = Course.load(args.course_dir)
+        report = grade_class(
+            course,
+            args.assignment,
+            workers=args.workers,
+            feedback=not args.no_feedback,
+            csv=args.csv,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}")
+        return 2
+    if report.added_assignment:
+        print(f"Added assignment {args.assignment} to the gradebook from its source folder.")
+    print(summary_table(report))
+    print(f"\nGrades: {report.csv}   Logs: {report.log_dir}")
+    if report.failed:
+        names = ", ".join(r.student for r in report.failed)
+        print(f"Could not grade: {names}")
+        return 1
+    return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from bncourse.instructor.check import check_notebook
+
+    return check_notebook(args.notebook, assignment=args.assignment, course_dir=args.course_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,186 @@
+"""``bncourse check NOTEBOOK``: grade one notebook exactly as the autograder will, before submitting.
+
+The notebook goes through nbgrader's own ``autograde`` in a temporary course built from the
+course's configuration (same time limit) and its instructor version (test cells, hidden tests
+included, are restored from it as nbgrader's ``OverwriteCells`` does). Unlike
+``nbgrader validate`` the exit status tells the result: 0 when every check passes, 1 when one
+fails, 2 when the notebook could not be graded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import nbformat
+
+from bncourse.instructor import worker
+from bncourse.instructor.course import Course, find_course_dir
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STUDENT = "student"
+
+
+@dataclass
+class PartResult:
+    """One graded cell of the checked notebook."""
+
+    notebook: str
+    part: str
+    score: float
+    max_score: float
+    manual: bool
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.manual or self.score >= self.max_score
+
+
+def _error_messages(autograded: Path | None) -> dict[tuple[str, str], str]:
+    """The error shown under each graded cell of the graded notebooks: ename and message."""
+    messages: dict[tuple[str, str], str] = {}
+    if autograded is None:
+        return messages
+    for path in sorted(autograded.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if grade_id and errors:
+                err = errors[-1]
+                text = f"{err.get('ename', 'Error')}: {err.get('evalue', '')}".strip()
+                messages[(path.stem, grade_id)] = _ANSI.sub("", text)
+    return messages
+
+
+def _source_for(course: Course, assignment: str) -> Path:
+    for folder in (course.source_dir / assignment, course.release_dir / assignment):
+        if folder.is_dir() and any(folder.glob("*.ipynb")):
+            return folder
+    raise FileNotFoundError(
+        f"assignment {assignment!r} has neither {course.source_dir / assignment} nor "
+        f"{course.release_dir / assignment}; pass --assignment with its name"
+    )
+
+
+def grade_notebook(
+    notebook: Path, *, assignment: str | None = None, course_dir: Path | None = None
+) -> tuple[worker.GradeResult, list[PartResult]]:
+    """Autograde ``notebook`` in a temporary copy of its course; the result and its parts."""
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    course = Course.load(course_dir or find_course_dir(notebook.parent))
+    assignment = assignment or notebook.parent.name
+    source = _source_for(course, assignment)
+    worker.silence_library_warnings()
+    with tempfile.TemporaryDirectory(prefix="bncourse-check-") as tmp:
+        saved = worker.redirect_stderr(Path(tmp) / "stderr.log")
+        try:
+            return _grade_in(Path(tmp), notebook, course, assignment, source)
+        finally:
+            worker.restore_stderr(saved)
+
+
+def _grade_in(
+    tmp: Path, notebook: Path, course: Course, assignment: str, source: Path
+) -> tuple[worker.GradeResult, list[PartResult]]:
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from bncourse.instructor.grade import expected_notebooks
+
+    subdir = str(course.source_dir.relative_to(course.root))
+    shutil.copytree(source, tmp / subdir / assignment)
+    config = course.config_for(tmp, db_url=f"sqlite:///{tmp / 'gradebook.db'}")
+    api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    made = api.generate_assignment(assignment, force=True, create=True)
+    if not made["success"]:
+        raise RuntimeError(f"could not prepare {assignment}:\n{made.get('error', '')}")
+    expected = expected_notebooks(Course(root=tmp, config=config), assignment)
+    submitted = tmp / "upload" / STUDENT / assignment
+    submitted.mkdir(parents=True)
+    shutil.copyfile(notebook, submitted / notebook.name)
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    job = worker.GradeJob(
+        assignment=assignment,
+        student=STUDENT,
+        config=config,
+        submitted=submitted,
+        source=tmp / subdir / assignment,
+        source_subdir=subdir,
+        release=tmp / course.release_dir.relative_to(course.root) / assignment,
+        expected=expected,
+        scratch=scratch,
+        db_url=config.CourseDirectory.db_url,
+        feedback=False,
+    )
+    result = worker.grade(job)
+    messages = _error_messages(result.autograded)
+    parts = [
+        PartResult(
+            notebook=g.notebook,
+            part=g.cell,
+            score=g.score,
+            max_score=g.max_score,
+            manual=g.auto_score is None,
+            message=messages.get((g.notebook, g.cell), ""),
+        )
+        for g in (result.record.grades if result.record else [])
+    ]
+    return result, parts
+
+
+def format_table(parts: list[PartResult]) -> str:
+    """The per-part score table."""
+    rows = [("part", "points", "max", "result")]
+    for p in parts:
+        status = "graded by hand" if p.manual else ("pass" if p.passed else "FAIL")
+        rows.append((p.part, "-" if p.manual else f"{p.score:g}", f"{p.max_score:g}", status))
+    total = sum(p.score for p in parts if not p.manual)
+    top = sum(p.max_score for p in parts)
+    rows.append(("total", f"{total:g}", f"{top:g}", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()
+        for r in rows
+    ]
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
+
+
+def check_notebook(
+    notebook: Path,
+    *,
+    assignment: str | None = None,
+    course_dir: Path | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Grade ``notebook``, print the score table and feedback; the exit status (0, 1 or 2)."""
+    out = out or sys.stdout
+    try:
+        result, parts = grade_notebook(notebook, assignment=assignment, course_dir=course_dir)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=out)
+        return 2
+    for note in result.problems:
+        print(f"note: {note}", file=out)
+    if not result.success:
+        print(f"{Path(notebook).name} could not be graded: see the notes above.", file=out)
+        return 2
+    print(format_table(parts), file=out)
+    failed = [p for p in parts if not p.passed]
+    for p in failed:
+        print(f"\n{p.part}: {p.message or 'no error message'}", file=out)
+    if failed:
+        print(f"\n{len(failed)} of {len(parts)} checks failed.", file=out)
+        return 1
+    print("\nAll checks passed.", file=out)
+    return 0

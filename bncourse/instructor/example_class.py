@@ -1,0 +1,161 @@
+"""A tiny nbgrader course, ``warmup``, for trying the instructor workflow in seconds.
+
+The assignment asks for the two statistics batch normalization computes: the mean and the
+*biased* variance of a list of numbers. It imports nothing heavy, so a kernel grades a submission
+in about a second; the book's chapter for instructors and the tests of ``bncourse grade`` use it.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ASSIGNMENT = "warmup"
+"""Assignment id (and notebook name) of the example class."""
+
+POINTS = {"test_mean": 2, "test_variance": 3}
+"""Points of each autograded test cell."""
+
+CONFIG_TEMPLATE = '''\
+"""nbgrader configuration of an example course."""
+
+import os
+
+c = get_config()  # noqa: F821
+
+_root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.root = _root
+c.CourseDirectory.course_id = "example"
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "exercises"
+c.CourseDirectory.db_url = {db_url}
+c.Execute.timeout = {timeout}
+c.ExecutePreprocessor.timeout = {timeout}
+c.Execute.kernel_name = "python3"
+c.ExecutePreprocessor.kernel_name = "python3"
+c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+c.OverwriteCells.add_missing_cells = True
+'''
+
+ANSWERS: dict[str, dict[str, str]] = {
+    "correct": {
+        "mean": "def mean(xs):\n    return sum(xs) / len(xs)",
+        "variance": (
+            "def variance(xs):\n    m = mean(xs)\n    return sum((x - m) ** 2 for x in xs) / len(xs)"
+        ),
+    },
+    "unbiased": {
+        "mean": "def mean(xs):\n    return sum(xs) / len(xs)",
+        "variance": (
+            "def variance(xs):\n"
+            "    m = mean(xs)\n"
+            "    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)"
+        ),
+    },
+    "blank": {},
+}
+"""Answers of three kinds of student: all correct, the unbiased-variance mistake, and blank."""
+
+
+def _nbgrader(grade_id: str, *, solution: bool, grade: bool, points: int = 0) -> dict:
+    meta: dict = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": not solution,
+        "schema_version": 3,
+        "solution": solution,
+        "task": False,
+    }
+    if grade:
+        meta["points"] = points
+    return {"nbgrader": meta}
+
+
+def source_notebook() -> nbformat.NotebookNode:
+    """The instructor version: solutions between markers, visible and hidden tests."""
+    cells = [
+        new_markdown_cell(
+            "# Warm-up: the statistics of batch normalization\n\n"
+            "Implement `mean(xs)` and the **biased** `variance(xs)` (divide by n, as batch "
+            "normalization does when it normalizes a batch)."
+        ),
+        new_code_cell(
+            "### BEGIN SOLUTION\n" + ANSWERS["correct"]["mean"] + "\n### END SOLUTION",
+            metadata=_nbgrader("mean", solution=True, grade=False),
+        ),
+        new_code_cell(
+            textwrap.dedent(
+                """\
+                assert mean([1.0, 2.0, 6.0]) == 3.0, "mean([1, 2, 6]) should be 3"
+                ### BEGIN HIDDEN TESTS
+                assert mean([-4.0, 4.0]) == 0.0
+                ### END HIDDEN TESTS"""
+            ),
+            metadata=_nbgrader("test_mean", solution=False, grade=True, points=POINTS["test_mean"]),
+        ),
+        new_code_cell(
+            "### BEGIN SOLUTION\n" + ANSWERS["correct"]["variance"] + "\n### END SOLUTION",
+            metadata=_nbgrader("variance", solution=True, grade=False),
+        ),
+        new_code_cell(
+            textwrap.dedent(
+                """\
+                v = variance([1.0, 2.0, 6.0])
+                assert abs(v - 14 / 3) < 1e-12, (
+                    f"variance([1, 2, 6]) gave {v:.4f}: divide by n (biased), not by n - 1"
+                )"""
+            ),
+            metadata=_nbgrader(
+                "test_variance", solution=False, grade=True, points=POINTS["test_variance"]
+            ),
+        ),
+    ]
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    return nb
+
+
+def write_config(root: Path, *, timeout: int = 30, db_url: str | None = None) -> Path:
+    """Write ``nbgrader_config.py`` of an example course rooted at ``root``."""
+    if timeout < 1:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    db = repr(db_url) if db_url else '"sqlite:///" + os.path.join(_root, "gradebook.db")'
+    path = Path(root) / "nbgrader_config.py"
+    path.write_text(CONFIG_TEMPLATE.format(db_url=db, timeout=int(timeout)))
+    return path
+
+
+def make_course(root: Path, *, timeout: int = 30, db_url: str | None = None) -> Path:
+    """Create the example course in ``root``: configuration and instructor notebook."""
+    root = Path(root)
+    source = root / "solutions" / ASSIGNMENT
+    source.mkdir(parents=True, exist_ok=True)
+    write_config(root, timeout=timeout, db_url=db_url)
+    nbformat.write(source_notebook(), source / f"{ASSIGNMENT}.ipynb")
+    return root
+
+
+def answer(release_nb: nbformat.NotebookNode, answers: dict[str, str]) -> nbformat.NotebookNode:
+    """A student's copy of ``release_nb`` with the solution cells named in ``answers`` filled in."""
+    nb = nbformat.from_dict(release_nb)
+    for cell in nb.cells:
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id in answers:
+            cell.source = answers[grade_id]
+    return nb
+
+
+def submit(root: Path, student: str, nb: nbformat.NotebookNode, name: str | None = None) -> Path:
+    """Put ``nb`` where nbgrader expects a collected submission of ``student``."""
+    folder = Path(root) / "submitted" / student / ASSIGNMENT
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name or f"{ASSIGNMENT}.ipynb")
+    nbformat.write(nb, path)
+    return path

@@ -1,0 +1,229 @@
+"""``bncourse grade``: autograde a whole class in parallel, then feedback and a grades CSV.
+
+nbgrader grades one student at a time, and its SQLite gradebook is unsafe with concurrent writers.
+Here each worker process grades a student in a private course folder (see ``worker``); with an
+SQLite gradebook the worker starts from a snapshot of the course's gradebook and this process,
+the only writer, merges each result back through nbgrader's ``Gradebook`` API. With a database
+server (PostgreSQL) configured as ``db_url`` the workers write to it directly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bncourse.instructor import worker
+from bncourse.instructor.course import Course
+from bncourse.instructor.gradebook_io import snapshot_sqlite, write_submission
+
+LOG_DIR = Path(".bncourse") / "logs"
+"""Per-student grading logs, relative to the course folder."""
+
+
+@dataclass
+class ClassReport:
+    """The outcome of grading one assignment for a whole class."""
+
+    assignment: str
+    results: list[worker.GradeResult] = field(default_factory=list)
+    csv: Path | None = None
+    log_dir: Path | None = None
+    added_assignment: bool = False
+
+    @property
+    def failed(self) -> list[worker.GradeResult]:
+        return [r for r in self.results if not r.success]
+
+
+def ensure_assignment(course: Course, assignment: str) -> bool:
+    """Register the assignment in the gradebook when it is missing; True if it was added.
+
+    ``nbgrader generate_assignment`` does this as it releases; ``make release`` runs it with
+    ``--no-db``. Here it runs in a temporary folder so that the released files are not touched.
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    with Gradebook(course.db_url, course.course_id) as gb:
+        try:
+            if gb.find_assignment(assignment).notebooks:
+                return False
+        except MissingEntry:
+            pass
+    with tempfile.TemporaryDirectory(prefix="bncourse-register-") as tmp:
+        course.copy_source(assignment, Path(tmp))
+        config = course.config_for(Path(tmp))
+        api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+        outcome = api.generate_assignment(assignment, force=True, create=True)
+    if not outcome["success"]:
+        raise RuntimeError(
+            f"could not add assignment {assignment!r} to the gradebook:\n{outcome.get('log', '')}"
+            f"{outcome.get('error', '')}"
+        )
+    return True
+
+
+def expected_notebooks(course: Course, assignment: str) -> dict[str, set[str]]:
+    """The assignment's notebooks (names without .ipynb) and their graded cells, from the gradebook."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(course.db_url, course.course_id) as gb:
+        return {
+            nb.name: {cell.name for cell in nb.grade_cells}
+            for nb in gb.find_assignment(assignment).notebooks
+        }
+
+
+def _replace_tree(src: Path | None, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    if src is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dest)
+
+
+def _store(course: Course, assignment: str, result: worker.GradeResult, log_dir: Path) -> None:
+    """Bring one worker's result into the course: gradebook rows, graded notebooks, feedback."""
+    from nbgrader.api import Gradebook
+
+    if course.db_is_sqlite and result.record is not None:
+        with Gradebook(course.db_url, course.course_id) as gb:
+            write_submission(gb, result.record)
+    _replace_tree(result.autograded, course.autograded_dir / result.student / assignment)
+    _replace_tree(result.feedback, course.feedback_dir / result.student / assignment)
+    (log_dir / f"{result.student}.log").write_text(result.log)
+    if result.workdir is not None:
+        shutil.rmtree(result.workdir, ignore_errors=True)
+
+
+def _run_pool(
+    jobs: list[worker.GradeJob], workers: int, log_path: Path, on_result
+) -> list[worker.GradeJob]:
+    """Grade ``jobs`` in a pool of processes; returns the jobs lost with a crashed worker process."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    lost = []
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=worker.init_worker,
+        initargs=(threads, str(log_path)),
+    ) as pool:
+        futures = {pool.submit(worker.grade, job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                on_result(future.result())
+            except BrokenProcessPool:
+                lost.append(futures[future])
+    return lost
+
+
+def grade_class(
+    course: Course,
+    assignment: str,
+    *,
+    workers: int = 1,
+    feedback: bool = True,
+    csv: Path | None = None,
+    progress: bool = True,
+) -> ClassReport:
+    """Autograde every submitted student of ``assignment``; merge, give feedback, export grades."""
+    from bncourse.instructor.submissions import list_students
+
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    worker.silence_library_warnings()
+    report = ClassReport(assignment=assignment)
+    report.added_assignment = ensure_assignment(course, assignment)
+    expected = expected_notebooks(course, assignment)
+    exclude = str(course.config.CourseDirectory.get("student_id_exclude", ""))
+    students = list_students(course.submitted_dir, assignment, exclude)
+    report.log_dir = course.root / LOG_DIR / assignment
+    report.log_dir.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=f"bncourse-grade-{assignment}-") as scratch:
+        scratch = Path(scratch)
+        snapshot = None
+        if course.db_is_sqlite:
+            snapshot = snapshot_sqlite(course.db_url, scratch / "snapshot.db")
+        jobs = [
+            worker.GradeJob(
+                assignment=assignment,
+                student=student,
+                config=course.config,
+                submitted=course.submitted_dir / student / assignment,
+                source=course.source_dir / assignment,
+                source_subdir=str(course.source_dir.relative_to(course.root)),
+                release=course.release_dir / assignment,
+                expected=expected,
+                scratch=scratch,
+                snapshot=snapshot,
+                db_url=None if snapshot else course.db_url,
+                feedback=feedback,
+            )
+            for student in students
+        ]
+        bar = tqdm(
+            total=len(jobs), unit="student", desc=f"grading {assignment}", disable=not progress
+        )
+
+        def on_result(result: worker.GradeResult) -> None:
+            _store(course, assignment, result, report.log_dir)
+            report.results.append(result)
+            bar.update(1)
+            bar.set_postfix_str(f"{bar.total - bar.n} remaining, last: {result.student}")
+
+        pending, attempts = jobs, 0
+        while pending and attempts < 2:
+            pending = _run_pool(
+                pending, min(workers, len(pending)), report.log_dir / "workers.log", on_result
+            )
+            attempts += 1
+        for job in pending:
+            on_result(
+                worker.GradeResult(
+                    student=job.student, success=False, problems=["the worker process died"]
+                )
+            )
+        bar.close()
+
+    report.results.sort(key=lambda r: r.student)
+    report.csv = export_grades(course, csv or course.root / "grades.csv")
+    return report
+
+
+def export_grades(course: Course, path: Path) -> Path:
+    """Write the gradebook to CSV with nbgrader's exporter (what ``nbgrader export`` writes)."""
+    from nbgrader.api import Gradebook
+    from nbgrader.plugins import CsvExportPlugin
+
+    plugin = CsvExportPlugin(config=course.config)
+    plugin.to = str(path)
+    with Gradebook(course.db_url, course.course_id) as gb:
+        plugin.export(gb)
+    return Path(path)
+
+
+def summary_table(report: ClassReport) -> str:
+    """One line per student: score, maximum and any problem found."""
+    rows = [("student", "score", "max", "problem")]
+    for r in report.results:
+        score = f"{r.record.score:g}" if r.record else "-"
+        top = f"{r.record.max_score:g}" if r.record else "-"
+        rows.append((r.student, score, top, "; ".join(r.problems) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}"
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  -------")
+    return "\n".join(lines)

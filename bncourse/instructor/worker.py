@@ -1,0 +1,210 @@
+"""Grade one student in a private course folder: what each worker process of ``bncourse grade`` runs.
+
+Every job gets its own temporary course folder with a copy of the instructor version, a copy of
+the student's submitted files (the originals are never opened for writing) and, for an SQLite
+gradebook, its own copy of the gradebook. There it runs nbgrader's own ``autograde`` (and
+``generate_feedback``), so the result is what ``nbgrader autograde`` would have stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from traitlets.config import Config
+
+from bncourse.instructor.gradebook_io import SubmissionRecord, copy_sqlite, read_submission
+from bncourse.instructor.submissions import Inspection, inspect
+
+
+@dataclass
+class GradeJob:
+    """Everything a worker needs to grade one student (picklable)."""
+
+    assignment: str
+    student: str
+    config: Config
+    submitted: Path
+    source: Path
+    source_subdir: str
+    expected: dict[str, set[str]]
+    scratch: Path
+    release: Path | None = None
+    snapshot: Path | None = None
+    db_url: str | None = None
+    feedback: bool = True
+
+
+@dataclass
+class GradeResult:
+    """What happened to one student's submission."""
+
+    student: str
+    success: bool
+    record: SubmissionRecord | None = None
+    problems: list[str] = field(default_factory=list)
+    log: str = ""
+    workdir: Path | None = None
+    autograded: Path | None = None
+    feedback: Path | None = None
+    seconds: float = 0.0
+
+
+def init_worker(threads: int | None, log_path: str | None) -> None:
+    """Process-pool initializer: quiet stderr into a log file, share the cores between kernels."""
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+    if log_path:
+        redirect_stderr(log_path)
+    silence_library_warnings()
+    import nbgrader.apps  # noqa: F401  (import while the pool starts, not with the first student)
+
+
+def redirect_stderr(log_path: str | Path) -> int:
+    """Send this process's stderr (and that of the kernels it starts) to ``log_path``.
+
+    Returns a duplicate of the old stderr, for :func:`restore_stderr`.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return saved
+
+
+def restore_stderr(saved: int) -> None:
+    """Undo :func:`redirect_stderr`."""
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def silence_library_warnings() -> None:
+    """Hide nbgrader's harmless SQLAlchemy and deprecation warnings from the console."""
+    from sqlalchemy.exc import SAWarning
+
+    warnings.filterwarnings("ignore", category=SAWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+_ERROR_HINTS = [
+    ("DeadKernelError", "the kernel died (os._exit, a crash or out of memory)"),
+    ("UnresponsiveKernelError", "the kernel stopped responding and could not be interrupted"),
+    ("NotJSONError", "not a valid notebook (not JSON)"),
+    ("JSONDecodeError", "not a valid notebook (not JSON)"),
+    ("ValidationError", "not a valid notebook (fails the notebook schema)"),
+    ("No notebooks found", "no notebook of this assignment was submitted"),
+    ("No notebooks were matched", "no notebook of this assignment was submitted"),
+]
+
+
+def explain_failure(text: str) -> str:
+    """A one-line reason for a failed autograde, from nbgrader's log and traceback."""
+    for needle, hint in _ERROR_HINTS:
+        if needle in text:
+            return hint
+    errors = re.findall(r"^\s*(\w+(?:Error|Exception)\b.*)$", text, flags=re.MULTILINE)
+    return errors[-1][:200] if errors else "autograding failed (see the log)"
+
+
+def notebook_problems(autograded: Path, timeout: int | None) -> list[str]:
+    """Problems visible in the graded notebooks: cells stopped by the time limit, kernel exits."""
+    problems = []
+    for path in sorted(autograded.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for index, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") != "error":
+                    continue
+                if out.get("ename") == "CellTimeoutError":
+                    problems.append(
+                        f"{path.name}: cell {index} ran past the {timeout} s time limit"
+                    )
+                elif out.get("ename") == "SystemExit":
+                    problems.append(f"{path.name}: cell {index} called sys.exit()")
+    return problems
+
+
+def _copy_submission(job: GradeJob, dest: Path, found: Inspection) -> None:
+    """The student's files in the private course; renames and metadata repairs go to the copy."""
+    shutil.copytree(job.submitted, dest, symlinks=True)
+    for old, new in found.renames.items():
+        (dest / old).rename(dest / new)
+    for name, nb in found.rewrites.items():
+        nbformat.write(nb, dest / name)
+
+
+def _releases(folder: Path | None) -> dict[str, nbformat.NotebookNode]:
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.stem: nbformat.read(p, as_version=4) for p in sorted(folder.glob("*.ipynb"))}
+
+
+def grade(job: GradeJob) -> GradeResult:
+    """Autograde ``job.student`` in a fresh course folder under ``job.scratch``; never raises."""
+    start = time.perf_counter()
+    result = GradeResult(student=job.student, success=False)
+    try:
+        _grade(job, result)
+    except Exception as exc:  # a broken submission must never stop the class
+        result.success = False
+        result.problems.append(f"grading crashed: {type(exc).__name__}: {exc}"[:300])
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _grade(job: GradeJob, result: GradeResult) -> None:
+    from nbgrader.api import Gradebook
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    root = Path(tempfile.mkdtemp(prefix=f"{job.student}-", dir=job.scratch))
+    result.workdir = root
+    db_url = copy_sqlite(job.snapshot, root / "gradebook.db") if job.snapshot else job.db_url
+    config = copy.deepcopy(job.config)
+    config.CourseDirectory.root = str(root)
+    config.CourseDirectory.db_url = db_url
+    ignore = list(config.CourseDirectory.get("ignore", []))
+
+    shutil.copytree(job.source, root / job.source_subdir / job.assignment)
+    found = inspect(job.submitted, job.expected, ignore, _releases(job.release))
+    result.problems.extend(found.notes)
+    _copy_submission(job, root / "submitted" / job.student / job.assignment, found)
+
+    coursedir = CourseDirectory(config=config)
+    api = NbGraderAPI(coursedir=coursedir, config=config)
+    outcome = api.autograde(job.assignment, job.student, force=True, create=True)
+    result.log = outcome.get("log", "") + outcome.get("error", "")
+    result.success = bool(outcome["success"])
+    autograded = root / "autograded" / job.student / job.assignment
+    if not result.success:
+        reason = explain_failure(result.log)
+        if not (
+            reason.startswith("not a valid notebook") and "not a valid notebook" in str(found.notes)
+        ):
+            result.problems.append(reason)
+    elif autograded.is_dir():
+        result.autograded = autograded
+        timeout = config.Execute.get("timeout", config.ExecutePreprocessor.get("timeout", 30))
+        result.problems.extend(notebook_problems(autograded, timeout))
+        if job.feedback:
+            fb = api.generate_feedback(job.assignment, job.student, force=True)
+            feedback = root / "feedback" / job.student / job.assignment
+            if fb["success"] and feedback.is_dir():
+                result.feedback = feedback
+            else:
+                result.problems.append("feedback could not be generated")
+                result.log += fb.get("log", "") + fb.get("error", "")
+    with Gradebook(db_url) as gb:
+        result.record = read_submission(gb, job.assignment, job.student)

@@ -1,0 +1,101 @@
+"""``bncourse grade``: the same grades as serial ``nbgrader autograde``, idempotent re-runs."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from example_course import BIN, make_course, notebook_view, run, submit_kind
+from nbgrader.api import Gradebook
+
+from bncourse.cli import main
+from bncourse.instructor import example_class as ec
+from bncourse.instructor.gradebook_io import class_records
+
+A = ec.ASSIGNMENT
+
+
+def _db(root: Path) -> str:
+    return f"sqlite:///{root / 'gradebook.db'}"
+
+
+def _graded_notebooks(root: Path) -> dict[str, list]:
+    return {
+        str(p.relative_to(root)): notebook_view(p)
+        for p in sorted((root / "autograded").glob(f"*/{A}/*.ipynb"))
+    }
+
+
+@pytest.mark.slow
+def test_parallel_grades_equal_serial_nbgrader_autograde(tmp_path: Path) -> None:
+    base = make_course(tmp_path / "base")
+    submit_kind(base, "ada", "correct")
+    submit_kind(base, "bo", "unbiased")
+    submit_kind(base, "cy", "blank")
+    submit_kind(base, "di", "correct")
+    (base / "submitted" / "di" / A / "timestamp.txt").write_text("2026-03-01 12:30:00.000000 UTC")
+    with Gradebook(_db(base)) as gb:  # an assignment with a due date, and a grade given by hand
+        gb.update_or_create_assignment(A, duedate=datetime(2026, 3, 1, 12, 0, 0))
+        gb.add_student("bo")
+        gb.add_submission(A, "bo")
+        gb.find_grade("test_mean", A, A, "bo").manual_score = 1.5
+        gb.db.commit()
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    for root in (serial, parallel):
+        shutil.copytree(base, root)  # the configuration finds its folder from its own path
+
+    run([str(BIN / "nbgrader"), "autograde", A, "--force"], serial)
+    run([str(BIN / "nbgrader"), "generate_feedback", A, "--force"], serial)
+    run([str(BIN / "nbgrader"), "export"], serial)
+    proc = run([str(BIN / "bncourse"), "grade", A, "--workers", "2"], parallel)
+
+    expected, got = class_records(_db(serial), A), class_records(_db(parallel), A)
+    assert sorted(got) == ["ada", "bo", "cy", "di"]
+    assert {s: r.key() for s, r in got.items()} == {s: r.key() for s, r in expected.items()}
+    assert [got[s].score for s in sorted(got)] == [5.0, 1.5 + 0.0, 0.0, 5.0]
+    assert got["di"].timestamp is not None
+    with Gradebook(_db(parallel)) as gb:
+        bo = gb.find_grade("test_mean", A, A, "bo")
+        assert bo.manual_score == 1.5 and bo.needs_manual_grade
+    assert _graded_notebooks(parallel) == _graded_notebooks(serial)
+    assert (parallel / "grades.csv").read_text() == (serial / "grades.csv").read_text()
+    for student in got:
+        assert (parallel / "feedback" / student / A / f"{A}.html").is_file()
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["ada"] == ["5", "5", "-"] and rows["bo"] == ["1.5", "5", "-"]
+
+
+@pytest.mark.slow
+def test_rerun_is_idempotent_and_keeps_latest_submission(tmp_path: Path) -> None:
+    root = make_course(tmp_path / "course")
+    submit_kind(root, "alice", "correct")
+    submit_kind(root, "bob", "unbiased")
+    grade = [str(BIN / "bncourse"), "grade", A, "--workers", "2", "--no-progress"]
+    run(grade, root)
+    first, first_nbs = class_records(_db(root), A), _graded_notebooks(root)
+    run(grade, root)
+    assert {s: r.key() for s, r in class_records(_db(root), A).items()} == {
+        s: r.key() for s, r in first.items()
+    }
+    assert _graded_notebooks(root) == first_nbs
+    assert first["bob"].score == ec.POINTS["test_mean"]
+
+    submit_kind(root, "bob", "correct")  # bob hands in again, later
+    (root / "submitted" / "bob" / A / "timestamp.txt").write_text("2026-04-01 09:00:00.000000 UTC")
+    run(grade, root)
+    latest = class_records(_db(root), A)
+    assert latest["bob"].score == 5
+    assert latest["bob"].timestamp == datetime(2026, 4, 1, 9, 0, 0)
+    assert latest["alice"].key() == first["alice"].key()
+    assert (root / "grades.csv").read_text().count("\nwarmup,") == 2
+
+
+def test_grade_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ec.make_course(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["grade", A, "--workers", "0", "--course-dir", str(tmp_path)])
+    assert "must be a positive integer" in capsys.readouterr().err
+    assert main(["grade", "no_such_assignment", "--course-dir", str(tmp_path)]) == 2
+    assert "no_such_assignment" in capsys.readouterr().out

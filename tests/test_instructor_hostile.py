@@ -1,0 +1,185 @@
+"""Broken and hostile submissions: each is graded as far as possible or reported by name, the run
+goes on for the rest of the class, and no submitted file is changed.
+
+One class holds every case (graded once, with two workers and a 5 s cell time limit); each test
+checks one student of it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nbformat
+import pytest
+from example_course import BIN, make_course, release, run, tree_hashes
+
+from bncourse.instructor import example_class as ec
+from bncourse.instructor.gradebook_io import class_records
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 5  # seconds per cell in this course; the infinite loop must be stopped by it
+CORRECT = ec.ANSWERS["correct"]
+
+
+def _with(answers: dict[str, str], root: Path) -> nbformat.NotebookNode:
+    return ec.answer(release(root), answers)
+
+
+def _build_class(root: Path) -> None:
+    ec.submit(root, "correct", _with(CORRECT, root))
+    ec.submit(root, "loop", _with({**CORRECT, "variance": "while True:\n    pass"}, root))
+    ec.submit(root, "crash", _with({**CORRECT, "variance": "import os\nos._exit(1)"}, root))
+    sys_exit = CORRECT["variance"] + "\n\nimport sys\nsys.exit()"
+    ec.submit(root, "sysexit", _with({**CORRECT, "variance": sys_exit}, root))
+    bad_import = "import not_a_module_of_this_course\n" + CORRECT["variance"]
+    ec.submit(root, "importerror", _with({**CORRECT, "variance": bad_import}, root))
+
+    nb = _with(CORRECT, root)
+    nb.cells = [
+        c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "test_variance"
+    ]
+    ec.submit(root, "deleted", nb)
+
+    nb = _with(ec.ANSWERS["unbiased"], root)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_variance":
+            cell.source = "pass  # the test is gone"
+    ec.submit(root, "edited", nb)
+
+    nb = _with(CORRECT, root)
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+    ec.submit(root, "stripped", nb)
+
+    folder = root / "submitted" / "notjson" / ec.ASSIGNMENT
+    folder.mkdir(parents=True)
+    (folder / f"{ec.ASSIGNMENT}.ipynb").write_text('{"cells": [ {"cell_type": "code", ')
+    folder = root / "submitted" / "notnotebook" / ec.ASSIGNMENT
+    folder.mkdir(parents=True)
+    (folder / f"{ec.ASSIGNMENT}.ipynb").write_text('{"hello": "this is JSON, not a notebook"}')
+
+    flood = CORRECT["mean"] + "\n\nfor i in range(2_000):\n    print(i, 'spam ' * 500)"  # 5 MB
+    ec.submit(root, "flood", _with({**CORRECT, "mean": flood}, root))
+
+    ec.submit(root, "twonotebooks", _with(CORRECT, root))
+    ec.submit(root, "twonotebooks", release(root), name=f"{ec.ASSIGNMENT}-Copy1.ipynb")
+    ec.submit(root, "misnamed", _with(CORRECT, root), name="Warmup (1).ipynb")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = make_course(tmp_path_factory.mktemp("hostile"), timeout=TIMEOUT)
+    _build_class(root)
+    before = tree_hashes(root / "submitted")
+    proc = run([str(BIN / "bncourse"), "grade", ec.ASSIGNMENT, "--workers", "2"], root, check=False)
+    rows = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and (root / "submitted" / parts[0]).is_dir():
+            rows[parts[0]] = line
+    with open(root / "grades.csv") as fh:
+        grades = {row["student_id"]: float(row["score"]) for row in csv.DictReader(fh)}
+    return {
+        "root": root,
+        "proc": proc,
+        "rows": rows,
+        "grades": grades,
+        "records": class_records(f"sqlite:///{root / 'gradebook.db'}", ec.ASSIGNMENT),
+        "before": before,
+        "after": tree_hashes(root / "submitted"),
+    }
+
+
+def _score(graded: dict, student: str) -> float:
+    return graded["grades"][student]
+
+
+def _row(graded: dict, student: str) -> str:
+    return graded["rows"][student]
+
+
+def test_every_student_reported_and_run_not_stopped(graded):
+    students = sorted(p.name for p in (graded["root"] / "submitted").iterdir())
+    assert sorted(graded["rows"]) == students, graded["proc"].stdout
+    assert sorted(graded["grades"]) == students
+    assert graded["proc"].returncode == 1  # some submissions could not be graded
+    assert "Could not grade: crash, notjson, notnotebook\n" in graded["proc"].stdout
+
+
+def test_submitted_files_never_changed(graded):
+    assert graded["after"] == graded["before"]
+
+
+def test_correct_student_unaffected(graded):
+    assert _score(graded, "correct") == 5
+    assert _row(graded, "correct").rstrip().endswith("-")
+
+
+def test_infinite_loop_hits_cell_time_limit(graded):
+    assert _score(graded, "loop") == ec.POINTS["test_mean"]
+    assert f"ran past the {TIMEOUT} s time limit" in _row(graded, "loop")
+
+
+def test_kernel_crash_reported(graded):
+    assert _score(graded, "crash") == 0
+    assert "the kernel died" in _row(graded, "crash")
+    assert not (graded["root"] / "autograded" / "crash").exists()
+
+
+def test_sys_exit_graded(graded):
+    assert _score(graded, "sysexit") == 5
+    assert "called sys.exit()" in _row(graded, "sysexit")
+
+
+def test_exception_at_import_graded(graded):
+    assert _score(graded, "importerror") == ec.POINTS["test_mean"]
+    nb = nbformat.read(
+        graded["root"] / "autograded" / "importerror" / ec.ASSIGNMENT / f"{ec.ASSIGNMENT}.ipynb", 4
+    )
+    errors = [o.ename for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert "ModuleNotFoundError" in errors
+
+
+def test_deleted_test_cell_put_back(graded):
+    assert _score(graded, "deleted") == 5
+    assert "test cells deleted and put back: test_variance" in _row(graded, "deleted")
+
+
+def test_edited_test_cell_restored(graded):
+    assert _score(graded, "edited") == ec.POINTS["test_mean"]
+    assert "locked cells edited and restored: test_variance" in _row(graded, "edited")
+
+
+def test_stripped_metadata_restored_and_graded(graded):
+    assert "no nbgrader metadata; restored from the student version" in _row(graded, "stripped")
+    assert _score(graded, "stripped") == 5
+
+
+def test_not_json_reported(graded):
+    assert _score(graded, "notjson") == 0
+    assert "is not a valid notebook" in _row(graded, "notjson")
+
+
+def test_json_but_not_a_notebook_reported(graded):
+    assert _score(graded, "notnotebook") == 0
+    assert "is not a valid notebook" in _row(graded, "notnotebook")
+
+
+def test_megabytes_of_output_graded_and_truncated(graded):
+    assert _score(graded, "flood") == 5
+    assert _row(graded, "flood").rstrip().endswith("-")
+    graded_nb = graded["root"] / "autograded" / "flood" / ec.ASSIGNMENT / f"{ec.ASSIGNMENT}.ipynb"
+    assert graded_nb.stat().st_size < 200_000  # nbgrader's LimitOutput keeps the first lines only
+
+
+def test_two_notebooks_grades_the_expected_one(graded):
+    assert _score(graded, "twonotebooks") == 5
+    assert f"ignored extra notebooks: {ec.ASSIGNMENT}-Copy1.ipynb" in _row(graded, "twonotebooks")
+
+
+def test_wrongly_named_notebook_graded_under_expected_name(graded):
+    assert _score(graded, "misnamed") == 5
+    assert "wrongly named notebook Warmup (1).ipynb" in _row(graded, "misnamed")
+    assert (graded["root"] / "submitted" / "misnamed" / ec.ASSIGNMENT / "Warmup (1).ipynb").exists()
