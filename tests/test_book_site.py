@@ -15,6 +15,7 @@ cause by the book's configuration, so no console error is tolerated here:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +41,8 @@ from PIL import Image
 
 VIEWPORT = {"width": 1280, "height": 900}
 SEARCH_PHRASE = "variance shift"
+#: Code that draws with matplotlib (an import of it, or a call through pyplot).
+DRAWS = re.compile(r"^\s*(import|from) matplotlib\b|\bplt\.\w+\(", re.M)
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +129,17 @@ def test_every_page_is_reachable_from_the_landing_page(site: Path, pages: list[s
     assert sorted(expected - set(pages)) == [], "pages of the table of contents not found"
     assert "search.html" in pages
     assert sorted(set(html_files(site)) - set(pages)) == [], "pages no link leads to"
+
+
+def test_chapters_that_plot_use_the_course_style(site: Path) -> None:
+    """One look across the book: every chapter that draws calls `use_course_style()`."""
+    root = book_root(site)
+    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
+    sources = [root / f"{doc}.md" for doc in sorted(toc_files(toc))]
+    texts = {path.name: path.read_text(encoding="utf-8") for path in sources if path.is_file()}
+    plotting = [name for name, text in texts.items() if DRAWS.search(text)]
+    assert plotting, "no chapter draws a figure: the check would be empty"
+    assert [name for name in plotting if "use_course_style()" not in texts[name]] == []
 
 
 def test_pages_load_without_console_or_page_errors(reports: dict[str, PageReport]) -> None:
