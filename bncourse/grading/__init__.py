@@ -1,0 +1,34 @@
+"""Autograder checks: compare a student's function with the reference and name the mistake.
+
+The checks called by the graded cells of the exercises draw their inputs when they run (no
+expected value can be known in advance), compare with :mod:`bncourse.nn` in float64, and on a
+difference raise an :class:`AssertionError` whose message names the catalogued misconception that
+reproduces the submission's behaviour, with a feedback paragraph and a link to the book. While the
+student's code runs, calling the reference or torch's own normalization and dropout is refused
+(:func:`forbid_reference`).
+"""
+
+from bncourse.grading.batchnorm import (
+    check_batchnorm_eval,
+    check_batchnorm_gradients,
+    check_batchnorm_train,
+    check_conv_layout,
+    check_running_update,
+)
+from bncourse.grading.catalogue import CATALOGUE, Misconception
+from bncourse.grading.engine import CheckFailure, default_device
+from bncourse.grading.guard import ReferenceCallError, forbid_reference
+
+__all__ = [
+    "CATALOGUE",
+    "CheckFailure",
+    "Misconception",
+    "ReferenceCallError",
+    "check_batchnorm_eval",
+    "check_batchnorm_gradients",
+    "check_batchnorm_train",
+    "check_conv_layout",
+    "check_running_update",
+    "default_device",
+    "forbid_reference",
+]

@@ -1,0 +1,213 @@
+"""The catalogue of misconceptions the checks recognise, with their feedback and book sections.
+
+Each :class:`Misconception` says what the mistake is, explains it in a short paragraph, links the
+book section that teaches the right convention, and lists its *mutants*: for each graded task
+(see :mod:`bncourse.grading.tasks`) the keyword flags that turn the task's reference into an
+implementation that makes exactly this mistake. A check recognises the misconception when the
+submission behaves like one of its mutants on every input drawn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["BOOK_URL_VARIABLE", "CATALOGUE", "Misconception", "book_link"]
+
+# Where the built book lives, e.g. https://example.org/bncourse/ (set by an instructor who
+# publishes it). Without it, links are relative to the book's root, as in _build/html/.
+BOOK_URL_VARIABLE = "BNCOURSE_BOOK_URL"
+
+Flags = Mapping[str, object]
+
+
+def book_link(page: str, anchor: str) -> str:
+    """Link to a section of the course book: ``<base>book/<page>.html#<anchor>``."""
+    base = os.environ.get(BOOK_URL_VARIABLE, "")
+    if base and not base.endswith("/"):
+        base += "/"
+    return f"{base}book/{page}.html#{anchor}"
+
+
+@dataclass(frozen=True)
+class Misconception:
+    """A known mistake: its name, feedback paragraph, book section and mutants per task."""
+
+    name: str
+    title: str
+    feedback: str
+    page: str
+    anchor: str
+    mutants: Mapping[str, tuple[Flags, ...]] = field(default_factory=dict)
+
+    @property
+    def link(self) -> str:
+        return book_link(self.page, self.anchor)
+
+    def explain(self) -> str:
+        """The paragraph a failing check prints: title, feedback and where to read more."""
+        return f"Misconception: {self.title}.\n{self.feedback}\nRead more: {self.link}"
+
+
+def _entries(*items: Misconception) -> Mapping[str, Misconception]:
+    names = [m.name for m in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"misconception names must be unique, got {names}")
+    return MappingProxyType({m.name: m for m in items})
+
+
+_WRONG_AXES = tuple(
+    {"axes": axes} for axes in ("batch_only", "per_sample", "spatial_only", "all", "reshape")
+)
+
+CATALOGUE: Mapping[str, Misconception] = _entries(
+    Misconception(
+        name="stats-wrong-axes",
+        title="statistics over the wrong axes",
+        feedback=(
+            "Batch norm computes one mean and one variance per channel (dim 1), over every other "
+            "axis: over N for (N, C) input, over N and L for (N, C, L), over N, H and W for "
+            "(N, C, H, W). Averaging over the features of a sample, over N alone, over H and W "
+            "alone, or reshaping (N, C, H, W) to (-1, C) without moving C last first, mixes "
+            "values that belong to different channels or keeps statistics per position."
+        ),
+        page="batchnorm",
+        anchor="bn-batch-statistics",
+        mutants={"batchnorm_train": _WRONG_AXES},
+    ),
+    Misconception(
+        name="eps-missing",
+        title="eps missing",
+        feedback=(
+            "The variance is stabilised by eps before the square root: "
+            "(x - mean) / sqrt(var + eps). Without eps a channel whose values are (nearly) equal "
+            "divides by (nearly) zero, and the output differs from PyTorch's whenever the "
+            "variance is small."
+        ),
+        page="batchnorm",
+        anchor="bn-eps",
+        mutants={
+            "batchnorm_train": ({"eps_kind": "missing"},),
+            "batchnorm_eval": ({"eps_kind": "missing"},),
+        },
+    ),
+    Misconception(
+        name="eps-outside-sqrt",
+        title="eps outside the square root",
+        feedback=(
+            "eps belongs inside the square root, added to the variance: "
+            "(x - mean) / sqrt(var + eps), not (x - mean) / (sqrt(var) + eps) or "
+            "(x - mean) / sqrt(var) + eps. The difference is largest for channels with a small "
+            "variance, which is exactly where eps matters."
+        ),
+        page="batchnorm",
+        anchor="bn-eps",
+        mutants={
+            "batchnorm_train": ({"eps_kind": "added_to_std"},),
+            "batchnorm_eval": ({"eps_kind": "added_to_std"},),
+        },
+    ),
+    Misconception(
+        name="biased-running-variance",
+        title="biased running variance",
+        feedback=(
+            "The batch is normalised with the biased variance (divide by n), but PyTorch stores "
+            "the unbiased estimate, n / (n - 1) times larger, in running_var, where n is the "
+            "number of values per channel (N, or N*H*W for conv input). With small batches the "
+            "factor is far from 1: for n = 2 it doubles the variance."
+        ),
+        page="batchnorm",
+        anchor="bn-running-variance",
+        mutants={"batchnorm_train": ({"running_var_kind": "biased"},)},
+    ),
+    Misconception(
+        name="momentum-flipped",
+        title="momentum direction flipped (Keras/CS231n-style momentum)",
+        feedback=(
+            "In PyTorch momentum is the weight of the NEW batch statistic: "
+            "running = (1 - momentum) * running + momentum * batch_statistic, so momentum=0.1 "
+            "keeps 90% of the old value. Keras and CS231n use the opposite convention, "
+            "running = momentum * running + (1 - momentum) * batch_statistic, with momentum=0.99 "
+            "or 0.9; that formula with PyTorch's momentum moves the running statistics the wrong "
+            "amount."
+        ),
+        page="batchnorm",
+        anchor="bn-momentum",
+        mutants={"batchnorm_train": ({"momentum_kind": "flipped"},)},
+    ),
+    Misconception(
+        name="running-stats-replaced",
+        title="running statistics replaced instead of averaged",
+        feedback=(
+            "The running statistics are an exponential moving average: "
+            "running = (1 - momentum) * running + momentum * batch_statistic. Overwriting them "
+            "with the statistics of the latest batch (or adding momentum * batch_statistic "
+            "without decaying the old value) makes evaluation depend on the last batch only."
+        ),
+        page="batchnorm",
+        anchor="bn-momentum",
+        mutants={
+            "batchnorm_train": ({"momentum_kind": "replace"}, {"momentum_kind": "no_decay"}),
+        },
+    ),
+    Misconception(
+        name="running-stats-not-updated",
+        title="running statistics not updated",
+        feedback=(
+            "After a training step running_mean and running_var must hold the new moving "
+            "averages, as torch.nn.functional.batch_norm leaves them: update the tensors you "
+            "were given IN PLACE (running_mean.mul_(1 - momentum).add_(momentum * mean), or "
+            "running_mean[:] = ...). Writing running_mean = ... only rebinds a local name and "
+            "the caller's buffers keep their old values."
+        ),
+        page="batchnorm",
+        anchor="bn-running-averages",
+        mutants={"batchnorm_train": ({"update": False},)},
+    ),
+    Misconception(
+        name="eval-uses-batch-statistics",
+        title="evaluation uses batch statistics",
+        feedback=(
+            "At test time batch norm normalises with the running statistics collected during "
+            "training, not with the statistics of the batch at hand: the output of a sample "
+            "must not depend on the other samples of the batch, and a batch of one must work."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={
+            "batchnorm_eval": (
+                {"stats": "batch_biased"},
+                {"stats": "batch_unbiased"},
+            ),
+        },
+    ),
+    Misconception(
+        name="running-stats-updated-in-eval",
+        title="running statistics updated in evaluation",
+        feedback=(
+            "Evaluation only reads running_mean and running_var. Updating them at test time "
+            "lets the test data change the model, and the same input gives different outputs "
+            "from one call to the next."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"batchnorm_eval": ({"update": True},)},
+    ),
+    Misconception(
+        name="autograd-graph-cut",
+        title="autograd graph cut",
+        feedback=(
+            "The output must stay differentiable with respect to x, gamma and beta, so that "
+            "training can backpropagate through the layer. Computing with .data, .detach(), "
+            ".item(), .numpy() or torch.no_grad() (for anything but the running-statistics "
+            "update) cuts the graph: the gradient is missing or wrong."
+        ),
+        page="batchnorm",
+        anchor="bn-batch-statistics",
+        mutants={
+            "batchnorm_train": ({"grad": "cut"}, {"grad": "detached_statistics"}),
+        },
+    ),
+)

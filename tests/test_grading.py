@@ -1,0 +1,464 @@
+"""bncourse.grading: every catalogued mistake is caught and named, sound alternatives pass.
+
+The checks draw their inputs from a seed; tests that need reproducibility pass fixed seeds, and a
+few run with seeds drawn at grading time as the notebooks do.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bncourse.nn
+from bncourse import grading
+from bncourse.grading import CATALOGUE, CheckFailure, ReferenceCallError, forbid_reference
+from bncourse.grading.batchnorm import (
+    EVAL_SPECS,
+    TRAIN_SPECS,
+    batchnorm_eval_variant,
+    batchnorm_train_variant,
+    draw_cases,
+)
+
+SEEDS = (0, 1, 2)
+
+TRAIN_CHECKS = {
+    "train": grading.check_batchnorm_train,
+    "running": grading.check_running_update,
+    "conv": grading.check_conv_layout,
+    "gradients": grading.check_batchnorm_gradients,
+}
+EVAL_CHECKS = {"eval": grading.check_batchnorm_eval}
+
+# For every catalogued mutant: the checks that must fail and name it. Every other check of the
+# task must pass: a mistake costs the points of exactly these checks.
+EXPECTED_FAILURES = {
+    ("stats-wrong-axes", "batch_only"): {"conv"},
+    ("stats-wrong-axes", "per_sample"): {"train", "running", "conv", "gradients"},
+    ("stats-wrong-axes", "spatial_only"): {"conv"},
+    ("stats-wrong-axes", "all"): {"train", "running", "conv", "gradients"},
+    ("stats-wrong-axes", "reshape"): {"conv"},
+    ("eps-missing", "batchnorm_train"): {"train", "conv", "gradients"},
+    ("eps-missing", "batchnorm_eval"): {"eval"},
+    ("eps-outside-sqrt", "batchnorm_train"): {"train", "conv", "gradients"},
+    ("eps-outside-sqrt", "batchnorm_eval"): {"eval"},
+    ("biased-running-variance", "batchnorm_train"): {"running", "conv"},
+    ("momentum-flipped", "batchnorm_train"): {"running", "conv"},
+    ("running-stats-replaced", "replace"): {"running", "conv"},
+    ("running-stats-replaced", "no_decay"): {"running", "conv"},
+    ("running-stats-not-updated", "batchnorm_train"): {"running", "conv"},
+    ("eval-uses-batch-statistics", "batch_biased"): {"eval"},
+    ("eval-uses-batch-statistics", "batch_unbiased"): {"eval"},
+    ("running-stats-updated-in-eval", "batchnorm_eval"): {"eval"},
+    ("autograd-graph-cut", "cut"): {"gradients"},
+    ("autograd-graph-cut", "detached_statistics"): {"gradients"},
+}
+# Where a check names more or other than the mutant's own misconception. A student whose
+# statistics have no single value per channel cannot update (C,) buffers with them: the checks see
+# buffers left alone, and say so.
+NAMED_INSTEAD = {
+    ("stats-wrong-axes", "per_sample", "running"): {"running-stats-not-updated"},
+    ("stats-wrong-axes", "batch_only", "conv"): {"stats-wrong-axes", "running-stats-not-updated"},
+}
+
+
+def _mutants():
+    """(misconception, label, task, flags) for every mutant in the catalogue."""
+    for name, misconception in CATALOGUE.items():
+        for task, flag_sets in misconception.mutants.items():
+            for flags in flag_sets:
+                label = next(iter(flags.values())) if len(flag_sets) > 1 else task
+                yield name, str(label), task, flags
+
+
+MUTANTS = list(_mutants())
+
+
+def _as_student(task: str, flags) -> object:
+    variant = batchnorm_train_variant if task == "batchnorm_train" else batchnorm_eval_variant
+    return functools.partial(variant, **flags)
+
+
+def _named(message: str) -> set[str]:
+    return {m.name for m in CATALOGUE.values() if f"Misconception: {m.title}." in message}
+
+
+def test_expectations_cover_the_whole_catalogue():
+    assert {(name, label) for name, label, _, _ in MUTANTS} == set(EXPECTED_FAILURES)
+
+
+# A student who normalises a batch of one with its unbiased variance triggers torch's warning.
+@pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")
+@pytest.mark.parametrize(
+    ("name", "label", "task", "flags"), MUTANTS, ids=[f"{n}-{lbl}" for n, lbl, _, _ in MUTANTS]
+)
+def test_each_catalogued_mistake_fails_exactly_its_checks_and_is_named(name, label, task, flags):
+    student = _as_student(task, flags)
+    checks = TRAIN_CHECKS if task == "batchnorm_train" else EVAL_CHECKS
+    expected = EXPECTED_FAILURES[(name, label)]
+    for check_name, check in checks.items():
+        for seed in SEEDS:
+            if check_name not in expected:
+                if label == "spatial_only":  # reduces nothing on (N, C) input: not a function there
+                    continue
+                check(student, seed=seed)
+                continue
+            with pytest.raises(CheckFailure) as failure:
+                check(student, seed=seed)
+            named = _named(str(failure.value))
+            assert named == NAMED_INSTEAD.get((name, label, check_name), {name}), str(failure.value)
+            misconception = CATALOGUE[name]
+            if name in named:
+                assert misconception.feedback in str(failure.value)
+                assert misconception.link in str(failure.value)
+
+
+def test_two_mistakes_at_once_are_both_named():
+    student = functools.partial(
+        batchnorm_train_variant, running_var_kind="biased", momentum_kind="flipped"
+    )
+    with pytest.raises(CheckFailure) as failure:
+        grading.check_running_update(student, seed=3)
+    assert _named(str(failure.value)) == {"biased-running-variance", "momentum-flipped"}
+
+
+# --- sound implementations written differently from the reference -----------------------------
+
+
+def _shape(x):
+    return [1, -1] + [1] * (x.dim() - 2)
+
+
+def train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps):
+    dims = [0, *range(2, x.dim())]
+    var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    n = x.numel() // x.shape[1]
+    running_mean.copy_((1 - momentum) * running_mean + momentum * mean.detach())
+    running_var.copy_((1 - momentum) * running_var + momentum * var.detach() * n / (n - 1))
+    s = _shape(x)
+    return (x - mean.view(s)) * torch.rsqrt(var.view(s) + eps) * gamma.view(s) + beta.view(s)
+
+
+def train_float64_internals(x, gamma, beta, running_mean, running_var, momentum, eps):
+    xd = x.double()
+    dims = [0, *range(2, x.dim())]
+    mean, var = xd.mean(dims), xd.var(dims, unbiased=False)
+    n = x.numel() // x.shape[1]
+    with torch.no_grad():
+        running_mean[:] = (1 - momentum) * running_mean.double() + momentum * mean
+        running_var[:] = (1 - momentum) * running_var.double() + momentum * var * n / (n - 1)
+    s = _shape(x)
+    out = (xd - mean.view(s)) / (var.view(s) + eps).sqrt()
+    return (out * gamma.double().view(s) + beta.double().view(s)).to(x.dtype)
+
+
+def train_loop_over_channels(x, gamma, beta, running_mean, running_var, momentum, eps):
+    outs = []
+    for c in range(x.shape[1]):
+        xc = x[:, c]
+        n = xc.numel()
+        mean = xc.sum() / n
+        var = ((xc - mean) ** 2).sum() / n
+        with torch.no_grad():
+            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean
+            running_var[c] = (1 - momentum) * running_var[c] + momentum * var * n / (n - 1)
+        outs.append(gamma[c] * (xc - mean) / torch.sqrt(var + eps) + beta[c])
+    return torch.stack(outs, dim=1)
+
+
+def train_channels_last_moments(x, gamma, beta, running_mean, running_var, momentum, eps):
+    """Channels moved last, then E[x^2] - E[x]^2 and an unbiased torch.var for the buffer."""
+    c = x.shape[1]
+    flat = x.movedim(1, -1).reshape(-1, c)
+    mean = flat.mean(0)
+    var = (flat**2).mean(0) - mean**2
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(momentum * mean)
+        running_var.mul_(1 - momentum).add_(momentum * flat.var(0, unbiased=True))
+    out = (flat - mean) / torch.sqrt(var + eps) * gamma + beta
+    return out.reshape(x.movedim(1, -1).shape).movedim(-1, 1)
+
+
+def eval_folded(x, gamma, beta, running_mean, running_var, eps):
+    scale = gamma / torch.sqrt(running_var + eps)
+    s = _shape(x)
+    return x * scale.view(s) + (beta - running_mean * scale).view(s)
+
+
+def eval_loop(x, gamma, beta, running_mean, running_var, eps):
+    out = torch.empty_like(x)
+    for c in range(x.shape[1]):
+        out[:, c] = (x[:, c] - running_mean[c]) / (running_var[c] + eps) ** 0.5 * gamma[c] + beta[c]
+    return out
+
+
+ALTERNATIVES = [
+    train_var_mean,
+    train_float64_internals,
+    train_loop_over_channels,
+    train_channels_last_moments,
+]
+
+
+@pytest.mark.parametrize("student", ALTERNATIVES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("check", list(TRAIN_CHECKS.values()), ids=list(TRAIN_CHECKS))
+def test_sound_training_implementations_pass(student, check):
+    for seed in (*SEEDS, None):  # None: drawn when the check runs, as in the notebooks
+        check(student, seed=seed)
+
+
+@pytest.mark.parametrize("student", [eval_folded, eval_loop], ids=lambda f: f.__name__)
+def test_sound_evaluation_implementations_pass(student):
+    for seed in (*SEEDS, None):
+        grading.check_batchnorm_eval(student, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_checks_run_on_every_device_and_dtype(device, dtype):
+    for check in TRAIN_CHECKS.values():
+        check(train_var_mean, device=device, dtype=dtype)
+    grading.check_batchnorm_eval(eval_folded, device=device, dtype=dtype)
+    with pytest.raises(CheckFailure, match="biased running variance"):
+        grading.check_running_update(
+            functools.partial(batchnorm_train_variant, running_var_kind="biased"),
+            device=device,
+            dtype=dtype,
+        )
+
+
+# --- delegating to a reference ----------------------------------------------------------------
+
+
+def delegate_functional(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return F.batch_norm(x, running_mean, running_var, gamma, beta, True, momentum, eps)
+
+
+def delegate_torch_batch_norm(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return torch.batch_norm(x, gamma, beta, running_mean, running_var, True, momentum, eps, False)
+
+
+def delegate_module(x, gamma, beta, running_mean, running_var, momentum, eps):
+    layer = torch.nn.BatchNorm1d(x.shape[1], eps=eps, momentum=momentum)
+    return layer(x)
+
+
+def delegate_aten(x, gamma, beta, running_mean, running_var, momentum, eps):
+    out, _, _ = torch.ops.aten.native_batch_norm(
+        x, gamma, beta, running_mean, running_var, True, momentum, eps
+    )
+    return out
+
+
+def delegate_layer_norm_trick(x, gamma, beta, running_mean, running_var, momentum, eps):
+    out = F.layer_norm(x.t(), (x.shape[0],), eps=eps).t()
+    return out * gamma + beta
+
+
+def delegate_course_reference(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return bncourse.nn.functional.batch_norm(
+        x, running_mean, running_var, gamma, beta, True, momentum, eps
+    )
+
+
+def delegate_course_module(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return bncourse.nn.BatchNorm1d(x.shape[1], eps=eps, momentum=momentum)(x)
+
+
+def delegate_and_hide_the_error(x, gamma, beta, running_mean, running_var, momentum, eps):
+    try:
+        return delegate_functional(x, gamma, beta, running_mean, running_var, momentum, eps)
+    except Exception:
+        return train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps)
+
+
+DELEGATES = [
+    delegate_functional,
+    delegate_torch_batch_norm,
+    delegate_module,
+    delegate_aten,
+    delegate_layer_norm_trick,
+    delegate_course_reference,
+    delegate_course_module,
+    delegate_and_hide_the_error,
+]
+
+
+@pytest.mark.parametrize("student", DELEGATES, ids=lambda f: f.__name__)
+def test_delegating_to_a_reference_fails_with_the_guard_message(student):
+    for check in (grading.check_batchnorm_train, grading.check_running_update):
+        with pytest.raises(CheckFailure, match="write the computation yourself") as failure:
+            check(student)
+        assert "batchnorm_forward_train called" in str(failure.value)
+
+
+def test_delegating_evaluation_fails():
+    def student(x, gamma, beta, running_mean, running_var, eps):
+        return F.batch_norm(x, running_mean, running_var, gamma, beta, False, 0.1, eps)
+
+    with pytest.raises(CheckFailure, match="torch.nn.functional.batch_norm"):
+        grading.check_batchnorm_eval(student)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: F.dropout(x, 0.3),
+        lambda x: torch.nn.Dropout(0.3)(x),
+        lambda x: torch.dropout(x, 0.3, True),
+        lambda x: F.instance_norm(x.unsqueeze(0)),
+        lambda x: F.group_norm(x.unsqueeze(0), 1),
+        lambda x: bncourse.nn.functional.dropout(x, 0.3),
+        lambda x: bncourse.nn.Dropout(0.3)(x),
+    ],
+    ids=[
+        "F.dropout",
+        "nn.Dropout",
+        "torch.dropout",
+        "instance_norm",
+        "group_norm",
+        "bn.dropout",
+        "bn.Dropout",
+    ],
+)
+def test_guard_refuses_other_references(call):
+    x = torch.randn(4, 3)
+    with (
+        forbid_reference("student_fn") as guard,
+        pytest.raises(ReferenceCallError, match="student_fn called"),
+    ):
+        call(x)
+    assert guard.violations
+
+
+def test_guard_allows_elementary_operations_and_ends_with_its_block():
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    with forbid_reference() as guard:
+        var, mean = torch.var_mean(x, dim=0, unbiased=False)
+        out = (x - mean) / torch.sqrt(var + 1e-5)
+        mask = torch.bernoulli(torch.full_like(x, 0.7))
+        out = out * mask / 0.7
+    assert not guard.violations
+    # The reference works again outside the guard.
+    bncourse.nn.functional.batch_norm(x, None, None, training=True)
+    F.batch_norm(x, None, None, training=True)
+
+
+# --- what the messages reveal -----------------------------------------------------------------
+
+_FLOAT = re.compile(r"-?\d+\.\d+(?:e-?\d+)?|\d+e-?\d+")
+_ALLOWED_FLOATS = {
+    float(v)
+    for _, momentum, eps in TRAIN_SPECS + EVAL_SPECS
+    for v in (momentum, eps)
+    if v is not None
+} | {0.1, 0.9, 0.99}  # conventions quoted in the feedback text
+
+
+def _unknown_mistake(x, gamma, beta, running_mean, running_var, momentum, eps):
+    out = train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps)
+    running_var.mul_(1.01)
+    return out * 1.001
+
+
+@pytest.mark.parametrize(
+    ("check", "student"),
+    [
+        (grading.check_conv_layout, _unknown_mistake),
+        (grading.check_batchnorm_train, _unknown_mistake),
+        (
+            grading.check_running_update,
+            _as_student("batchnorm_train", {"running_var_kind": "biased"}),
+        ),
+        (grading.check_batchnorm_eval, _as_student("batchnorm_eval", {"stats": "batch_biased"})),
+    ],
+    ids=["conv-unknown", "train-unknown", "running-biased", "eval-batch"],
+)
+def test_messages_contain_no_expected_value(check, student):
+    with pytest.raises(CheckFailure) as failure:
+        check(student, seed=11)
+    message = str(failure.value)
+    assert "tensor(" not in message
+    assert {float(v) for v in _FLOAT.findall(message)} <= _ALLOWED_FLOATS, message
+    assert "seed 11" in message
+
+
+def test_unknown_mistake_says_where_the_values_first_differ():
+    with pytest.raises(CheckFailure) as failure:
+        grading.check_conv_layout(_unknown_mistake, seed=5)
+    message = str(failure.value)
+    assert "No catalogued misconception matches" in message
+    assert "output differs in" in message and "the first at index (" in message
+    assert "running_var differs in" in message
+
+
+def test_inputs_are_drawn_when_the_check_runs():
+    seen = []
+
+    def recorder(x, gamma, beta, running_mean, running_var, momentum, eps):
+        seen.append(x.clone())
+        return train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps)
+
+    grading.check_batchnorm_train(recorder)
+    first = list(seen)
+    seen.clear()
+    grading.check_batchnorm_train(recorder)
+    assert not any(torch.equal(a, b) for a, b in zip(first, seen, strict=True))
+
+
+def test_replaying_outputs_of_an_earlier_run_fails():
+    cases = draw_cases(TRAIN_SPECS, seed=1234, device="cpu")
+    recorded = {
+        tuple(c.x.shape): train_var_mean(
+            c.x, c.gamma, c.beta, c.running_mean.clone(), c.running_var.clone(), c.momentum, c.eps
+        )
+        for c in cases
+    }
+
+    def replay(x, gamma, beta, running_mean, running_var, momentum, eps):
+        return recorded[tuple(x.shape)].to(x.device)
+
+    grading.check_batchnorm_train(replay, seed=1234, device="cpu")  # same seed: replay "works"
+    with pytest.raises(CheckFailure, match="No catalogued misconception matches"):
+        grading.check_batchnorm_train(replay, seed=4321, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("student", "match"),
+    [
+        (lambda *a: (train_var_mean(*a), a[3], a[4]), "returned a tuple"),
+        (lambda *a: None, "returned NoneType"),
+        (lambda *a: train_var_mean(*a).double(), "returned torch.float64 for a torch.float32"),
+        (lambda *a: train_var_mean(*a)[:1], "returned a tensor of shape"),
+    ],
+    ids=["tuple", "none", "dtype", "shape"],
+)
+def test_malformed_returns_get_a_clear_message(student, match):
+    with pytest.raises(CheckFailure, match=match):
+        grading.check_batchnorm_train(student)
+
+
+def test_errors_in_student_code_propagate_with_the_input_described():
+    def unfinished(*args):
+        raise NotImplementedError
+
+    with pytest.raises(NotImplementedError) as error:
+        grading.check_batchnorm_train(unfinished)
+    assert any("input of shape" in note for note in error.value.__notes__)
+
+
+def test_catalogue_entries_are_complete():
+    for name, misconception in CATALOGUE.items():
+        assert misconception.name == name
+        assert misconception.mutants, name
+        assert len(misconception.feedback) > 80, name
+        assert re.fullmatch(r"book/[a-z0-9_-]+\.html#[a-z0-9-]+", misconception.link), name
+
+
+def test_book_links_take_the_published_address(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_BOOK_URL", "https://example.org/course")
+    link = CATALOGUE["biased-running-variance"].link
+    assert link == "https://example.org/course/book/batchnorm.html#bn-running-variance"
