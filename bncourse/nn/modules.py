@@ -31,6 +31,8 @@ class _BatchNorm(nn.Module):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int):
@@ -51,7 +53,10 @@ class _BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -76,7 +81,8 @@ class _BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def _check_input(self, input: Tensor) -> None:
         if not isinstance(input, Tensor):
@@ -121,7 +127,8 @@ class _BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
         )
 
     def _load_from_state_dict(
@@ -130,7 +137,11 @@ class _BatchNorm(nn.Module):
         version = local_metadata.get("version", None)
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            # A state dict from before num_batches_tracked existed: keep the module's own count,
+            # as torch.nn does (a fresh count of 0 where there is none to keep).
+            own = self.num_batches_tracked
+            keep = own is not None and own.device != torch.device("meta")
+            state_dict[key] = own if keep else torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -155,7 +166,8 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        self.p = F._check_probability(p, allow_one=True)
+        F._check_probability(p, allow_one=True)
+        self.p = p  # kept as given, like torch.nn.Dropout (repr shows p=1, not p=1.0)
         self.inplace = inplace
 
     def forward(self, input: Tensor) -> Tensor:
@@ -173,7 +185,8 @@ class GaussianDropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        self.p = F._check_probability(p, allow_one=False)
+        F._check_probability(p, allow_one=False)
+        self.p = p
 
     def forward(self, input: Tensor) -> Tensor:
         return F.gaussian_dropout(input, self.p, self.training)
