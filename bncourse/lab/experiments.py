@@ -33,7 +33,7 @@ from bncourse import theory
 from bncourse.lab.cache import CachedResult, cached
 from bncourse.lab.data import load_dataset
 from bncourse.lab.models import build_model
-from bncourse.lab.probes import measure_variance_shift
+from bncourse.lab.probes import measure_variance_shift, predicted_first_layer_shift
 from bncourse.lab.recalibrate import recalibrate_bn
 from bncourse.lab.simulate import simulate_shift
 from bncourse.lab.train import default_device, evaluate, train
@@ -112,6 +112,9 @@ def _compute_trial(config: dict) -> dict:
         ),
     }
     shift = [row.to_dict() for row in measure_variance_shift(model, data, split="train")]
+    first = None
+    if config["placement"] in ("before_bn", "uout") and (config["p"] > 0 or config["beta"] > 0):
+        first = predicted_first_layer_shift(model, data, split="train")
     start = time.perf_counter()
     recalibrate_bn(model, data, split="train")
     recal_seconds = time.perf_counter() - start
@@ -122,8 +125,10 @@ def _compute_trial(config: dict) -> dict:
         "acc": acc,
         "shift": shift,
         "shift_recal": shift_recal,
+        "first_layer_theory": first,
         "history": history.to_dict(),
         "train_seconds": history.seconds,
+        "train_cpu_seconds": history.cpu_seconds,
         "recal_seconds": recal_seconds,
     }
 
@@ -194,11 +199,16 @@ def _summarize(trials: list[dict]) -> dict:
     shift_recal = [
         mean_std([t["shift_recal"][i]["statistic"] for t in trials]) for i in range(layers)
     ]
+    first = None
+    if all(t.get("first_layer_theory") for t in trials):
+        first = mean_std([t["first_layer_theory"]["statistic"] for t in trials])
     return {
         "acc": accs,
         "shift": shift,
         "shift_recal": shift_recal,
+        "first_layer_theory": first,
         "train_seconds": mean_std([t["train_seconds"] for t in trials]),
+        "train_cpu_seconds": mean_std([t["train_cpu_seconds"] for t in trials]),
     }
 
 

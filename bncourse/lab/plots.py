@@ -11,8 +11,25 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-__all__ = ["plot_layer_statistic", "plot_mean_std", "markdown_table", "format_mean_std"]
+__all__ = [
+    "plot_layer_statistic",
+    "plot_mean_std",
+    "log_axis",
+    "markdown_table",
+    "format_mean_std",
+]
+
+
+def log_axis(ax: Axes) -> None:
+    """A logarithmic y axis labelled with plain numbers (1, 2, 5, 10, ...)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.yaxis.set_major_formatter(formatter)
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_layer_statistic(

@@ -34,12 +34,15 @@ class History:
 
     ``train_loss`` and ``train_acc`` are averaged over the epoch's batches in training mode
     (dropout on, batch statistics); ``test_acc`` is measured in evaluation mode after the epoch.
+    ``seconds`` is the wall-clock time of the whole run, ``cpu_seconds`` the CPU time of this
+    process (less sensitive to other programs competing for the CPU).
     """
 
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     device: str = "cpu"
 
     def to_dict(self) -> dict:
@@ -114,7 +117,7 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     order_rng = torch.Generator().manual_seed(seed)
     history = History(device=str(device))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with _seeded_rng(seed, device):
         bar = tqdm(range(epochs), desc="training", disable=not progress, leave=False)
         for _ in bar:
@@ -139,6 +142,7 @@ def train(
             )
     model.eval()
     history.seconds = time.perf_counter() - start
+    history.cpu_seconds = time.process_time() - cpu_start
     return history
 
 
