@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -461,4 +462,12 @@ def test_catalogue_entries_are_complete():
 def test_book_links_take_the_published_address(monkeypatch):
     monkeypatch.setenv("BNCOURSE_BOOK_URL", "https://example.org/course")
     link = CATALOGUE["biased-running-variance"].link
-    assert link == "https://example.org/course/book/batchnorm.html#bn-running-variance"
+    assert link == "https://example.org/course/book/batchnorm.html#bn-unbiased-variance"
+
+
+def test_every_feedback_links_a_section_of_the_book():
+    root = Path(__file__).resolve().parents[1]
+    for misconception in CATALOGUE.values():
+        page = root / "book" / f"{misconception.page}.md"
+        assert page.is_file(), misconception.name
+        assert f"({misconception.anchor})=" in page.read_text(), (misconception.name, page)

@@ -74,7 +74,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "values that belong to different channels or keeps statistics per position."
         ),
         page="batchnorm",
-        anchor="bn-batch-statistics",
+        anchor="bn-axes",
         mutants={"batchnorm_train": _WRONG_AXES},
     ),
     Misconception(
@@ -119,7 +119,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "factor is far from 1: for n = 2 it doubles the variance."
         ),
         page="batchnorm",
-        anchor="bn-running-variance",
+        anchor="bn-unbiased-variance",
         mutants={"batchnorm_train": ({"running_var_kind": "biased"},)},
     ),
     Misconception(
@@ -147,7 +147,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "without decaying the old value) makes evaluation depend on the last batch only."
         ),
         page="batchnorm",
-        anchor="bn-momentum",
+        anchor="bn-running-stats",
         mutants={
             "batchnorm_train": ({"momentum_kind": "replace"}, {"momentum_kind": "no_decay"}),
         },
@@ -163,7 +163,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "the caller's buffers keep their old values."
         ),
         page="batchnorm",
-        anchor="bn-running-averages",
+        anchor="bn-running-stats",
         mutants={"batchnorm_train": ({"update": False},)},
     ),
     Misconception(
@@ -192,7 +192,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "from one call to the next."
         ),
         page="batchnorm",
-        anchor="bn-eval",
+        anchor="bn-no-grad",
         mutants={"batchnorm_eval": ({"update": True},)},
     ),
     Misconception(
@@ -205,7 +205,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "update) cuts the graph: the gradient is missing or wrong."
         ),
         page="batchnorm",
-        anchor="bn-batch-statistics",
+        anchor="bn-no-grad",
         mutants={
             "batchnorm_train": ({"grad": "cut"}, {"grad": "detached_statistics"}),
         },
