@@ -25,7 +25,7 @@ def _check_probability(p: object, *, allow_one: bool) -> float:
         raise TypeError(f"p must be a float (the probability of dropping a unit), got {p!r}")
     upper_ok = p <= 1 if allow_one else p < 1
     if not (0 <= p and upper_ok) or math.isnan(p):
-        interval = "[0, 1]" if allow_one else "[0, 1)"
+        interval = "[0, 1]" if allow_one else "[0, 1) (p = 1 means noise of infinite variance)"
         raise ValueError(
             f"p is the probability of dropping a unit and must lie in {interval}, got {p}"
         )
