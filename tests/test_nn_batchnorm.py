@@ -203,7 +203,14 @@ DEVICE_GRID = list(
 )
 
 
-@pytest.mark.parametrize(("shape", "momentum", "track", "dtype"), DEVICE_GRID)
+@pytest.mark.parametrize(
+    ("shape", "momentum", "track", "dtype"),
+    DEVICE_GRID,
+    ids=[
+        f"{'x'.join(map(str, s))}-m{m}-{'track' if t else 'notrack'}-{str(d).removeprefix('torch.')}"
+        for s, m, t, d in DEVICE_GRID
+    ],
+)
 def test_module_parity_on_device(device, shape, momentum, track, dtype):
     check_module_parity(shape, momentum, 1e-5, True, track, dtype, device)
 
@@ -343,7 +350,7 @@ def test_momentum_none_is_the_cumulative_average():
     assert_buffers_match(ours, theirs, TOLERANCE[torch.float64])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_single_step_closed_form_with_momentum_0_3(dtype):
     """From (0, 1): running_mean = 0.3 * mean exactly; running_var = 0.7 + 0.3 * n/(n-1) * biased var."""
     generator = torch.Generator().manual_seed(6)
@@ -400,7 +407,13 @@ FUNCTIONAL_GRID = [
 
 
 @pytest.mark.parametrize(
-    ("shape", "training", "affine", "running", "momentum", "dtype"), FUNCTIONAL_GRID
+    ("shape", "training", "affine", "running", "momentum", "dtype"),
+    FUNCTIONAL_GRID,
+    ids=[
+        f"{'x'.join(map(str, s))}-{'train' if t else 'eval'}-{'affine' if a else 'noaffine'}-"
+        f"{'running' if r else 'norunning'}-m{m}-{str(d).removeprefix('torch.')}"
+        for s, t, a, r, m, d in FUNCTIONAL_GRID
+    ],
 )
 def test_functional_batch_norm_parity(shape, training, affine, running, momentum, dtype):
     generator = torch.Generator().manual_seed(8)

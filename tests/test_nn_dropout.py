@@ -136,7 +136,7 @@ def test_drop_fraction_within_binomial_bound(device, api):
     assert_within(fraction, P, math.sqrt(P * (1 - P) / n), "fraction of dropped elements")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_kept_values_are_exactly_scaled_by_one_over_keep_probability(device, dtype):
     x = draw_input(device).to(dtype)
     out = F.dropout(x, P, training=True, generator=noise_generator(device))
