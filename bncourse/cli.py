@@ -47,6 +47,13 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
     )
+    grade.add_argument(
+        "--student",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="grade only this student (repeat for several); default: every submitted student",
+    )
     grade.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
     grade.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML files")
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -97,6 +104,7 @@ def _run_grade(args: argparse.Namespace) -> int:
             feedback=not args.no_feedback,
             csv=args.csv,
             progress=not args.no_progress,
+            only=args.student,
         )
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}")

@@ -135,8 +135,10 @@ def grade_class(
     feedback: bool = True,
     csv: Path | None = None,
     progress: bool = True,
+    only: list[str] | None = None,
 ) -> ClassReport:
-    """Autograde every submitted student of ``assignment``; merge, give feedback, export grades."""
+    """Autograde every submitted student of ``assignment`` (or those in ``only``); merge, give
+    feedback, export grades."""
     from bncourse.instructor.submissions import list_students
 
     if not isinstance(workers, int) or workers < 1:
@@ -147,6 +149,13 @@ def grade_class(
     expected = expected_notebooks(course, assignment)
     exclude = str(course.config.CourseDirectory.get("student_id_exclude", ""))
     students = list_students(course.submitted_dir, assignment, exclude)
+    if only:
+        unknown = sorted(set(only) - set(students))
+        if unknown:
+            raise FileNotFoundError(
+                f"no submission of {assignment} in {course.submitted_dir} by: {', '.join(unknown)}"
+            )
+        students = [s for s in students if s in set(only)]
     report.log_dir = course.root / LOG_DIR / assignment
     report.log_dir.mkdir(parents=True, exist_ok=True)
 
