@@ -1,0 +1,186 @@
+"""ps01_batchnorm through nbgrader: release, submissions and autograding, end to end.
+
+Every autograder test runs in a temporary course folder of its own (own gradebook), through
+nbgrader's Python API, with the repository's nbgrader configuration.
+"""
+
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pytest
+from build_ps01_batchnorm import ASSIGNMENT, POINTS, REPO, SOURCE, build
+from nbgrader_course import Course, answered, by_grade_id, cell_text, solutions
+
+from bncourse.grading import CATALOGUE
+
+# nbgrader 0.9.6 with SQLAlchemy 2 warns on every autograde that a submission is "not in
+# session"; the grades are stored all the same (checked below through the gradebook).
+pytestmark = pytest.mark.filterwarnings("ignore:Object of type:sqlalchemy.exc.SAWarning")
+
+RELEASED = REPO / "exercises" / ASSIGNMENT
+TOTAL = sum(POINTS.values())
+MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+
+
+def _source() -> nbformat.NotebookNode:
+    return nbformat.read(SOURCE, as_version=4)
+
+
+def _released() -> nbformat.NotebookNode:
+    return nbformat.read(RELEASED / f"{ASSIGNMENT}.ipynb", as_version=4)
+
+
+def _view(nb: nbformat.NotebookNode) -> list[tuple]:
+    """What a student receives: cell ids, types, sources and metadata, and the notebook's metadata."""
+    return [nb.metadata] + [(c.get("id"), c.cell_type, c.source, c.metadata) for c in nb.cells]
+
+
+# --- the committed notebooks ----------------------------------------------------------------
+
+
+def test_source_notebook_is_what_the_builder_writes():
+    assert SOURCE.read_text(encoding="utf-8") == nbformat.writes(build(), version=4) + "\n"
+
+
+def test_source_notebook_has_graded_cells_and_no_outputs():
+    nb = _source()
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        assert not cell.get("outputs") and cell.get("execution_count") is None, cell.id
+    cells = by_grade_id(nb)
+    graded = {
+        k: v.metadata["nbgrader"] for k, v in cells.items() if v.metadata["nbgrader"]["grade"]
+    }
+    assert {k: m["points"] for k, m in graded.items()} == POINTS
+    for grade_id, meta in graded.items():
+        assert meta["locked"] and not meta["solution"] and meta["schema_version"] == 3, grade_id
+        assert "### BEGIN HIDDEN TESTS" in cells[grade_id].source, grade_id
+        assert "from bncourse import grading" in cells[grade_id].source, grade_id
+    answers = {k for k, v in cells.items() if v.metadata["nbgrader"]["solution"]}
+    assert answers == {"batchnorm_forward_train", "batchnorm_forward_eval"}
+
+
+def _solution_lines(nb: nbformat.NotebookNode) -> set[str]:
+    """Lines inside solution and hidden-test regions that appear nowhere else in the notebook."""
+    inside, outside = set(), set()
+    for cell in nb.cells:
+        region = False
+        for line in cell.source.splitlines():
+            text = line.strip()
+            if text.startswith("### BEGIN"):
+                region = True
+            (inside if region else outside).add(text)
+            if text.startswith("### END"):
+                region = False
+    return {line for line in inside - outside if line}
+
+
+def test_no_released_file_contains_solution_text():
+    secret = _solution_lines(_source())
+    assert len(secret) >= 10  # the two answers and the hidden tests
+    files = sorted(p for p in RELEASED.rglob("*") if p.is_file())
+    assert [p.name for p in files] == [f"{ASSIGNMENT}.ipynb"]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for marker in MARKERS:
+            assert marker not in text, (path, marker)
+        released_lines = {
+            line.strip()
+            for cell in nbformat.reads(text, 4).cells
+            for line in cell.source.splitlines()
+        }
+        assert not secret & released_lines, (path, secret & released_lines)
+
+
+def test_released_notebook_carries_no_outputs():
+    for cell in _released().cells:
+        assert not cell.get("outputs") and cell.get("execution_count") is None, cell.id
+
+
+# --- through nbgrader -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_exercises_are_what_nbgrader_generates_from_solutions(tmp_path):
+    generated = Course(tmp_path, ASSIGNMENT).generate()
+    assert _view(generated) == _view(_released())
+    assert sorted(p.name for p in (tmp_path / "exercises" / ASSIGNMENT).iterdir()) == sorted(
+        p.name for p in RELEASED.iterdir()
+    )
+
+
+@pytest.mark.slow
+def test_solution_scores_full_marks(tmp_path):
+    course = Course(tmp_path, ASSIGNMENT)
+    release = course.generate()
+    course.submit("instructor", course.source())
+    course.submit("student", answered(release, solutions(course.source())))
+    seconds = course.autograde("student")
+    course.autograde("instructor")
+    print(f"autograde of one ps01 submission: {seconds:.1f} s")
+    for student in ("instructor", "student"):
+        assert course.scores(student) == {k: (p, p) for k, p in POINTS.items()}, student
+        assert course.total(student) == (TOTAL, TOTAL)
+    graded = by_grade_id(course.graded("student"))
+    assert "matches the reference" in cell_text(graded["test_conv_layout"])
+
+
+@pytest.mark.slow
+def test_blank_and_tampered_submissions_score_zero(tmp_path):
+    course = Course(tmp_path, ASSIGNMENT)
+    release = course.generate()
+    course.submit("blank", release)
+    course.submit("tampered", answered(release, {}, edit_tests=lambda source: "pass"))
+    for student in ("blank", "tampered"):
+        course.autograde(student)
+        assert course.scores(student) == {k: (0, p) for k, p in POINTS.items()}, student
+        assert course.total(student) == (0, TOTAL)
+    graded = by_grade_id(course.graded("tampered"))
+    assert "check_batchnorm_train" in graded["test_batchnorm_train"].source  # restored
+    assert "NotImplementedError" in cell_text(graded["test_batchnorm_train"])
+
+
+# (misconception, edit of the instructor's answer, the graded cells it costs)
+MISTAKES = {
+    "biased-running-variance": (
+        "batchnorm_forward_train",
+        ("momentum * var * n / (n - 1)", "momentum * var"),
+        {"test_running_update", "test_conv_layout"},
+    ),
+    "eval-uses-batch-statistics": (
+        "batchnorm_forward_eval",
+        (
+            "x_hat = (x - running_mean.reshape(shape)) / torch.sqrt(running_var.reshape(shape) + eps)",
+            "dims = [0, *range(2, x.dim())]\n    x_hat = (x - x.mean(dims, keepdim=True)) / "
+            "torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)",
+        ),
+        {"test_batchnorm_eval"},
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("misconception", list(MISTAKES))
+def test_a_known_mistake_loses_exactly_its_points_and_is_named(tmp_path, misconception):
+    grade_id, (old, new), lost = MISTAKES[misconception]
+    course = Course(tmp_path, ASSIGNMENT)
+    release = course.generate()
+    answers = solutions(course.source())
+    assert old in answers[grade_id]
+    answers[grade_id] = answers[grade_id].replace(old, new)
+    course.submit("mistaken", answered(release, answers))
+    course.autograde("mistaken")
+    expected = {k: (0 if k in lost else p, p) for k, p in POINTS.items()}
+    assert course.scores("mistaken") == expected
+    graded = by_grade_id(course.graded("mistaken"))
+    title = CATALOGUE[misconception].title
+    for grade_id in POINTS:
+        text = cell_text(graded[grade_id])
+        assert (f"Misconception: {title}." in text) == (grade_id in lost), (grade_id, text)
+    # The feedback shows no expected value: only input settings, indices and the seed.
+    for grade_id in lost:
+        text = cell_text(graded[grade_id])
+        assert "tensor(" not in text
+        assert not re.search(r"\d\.\d{4,}", text), text
