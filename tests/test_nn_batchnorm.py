@@ -46,6 +46,15 @@ PARITY_GRID = list(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, tol: dict, what: str = "") -> None:
     """assert_close with the absolute tolerance scaled by the largest reference magnitude (>= 1)."""
     scale = max(1.0, expected.detach().abs().max().item()) if expected.numel() else 1.0

@@ -38,6 +38,15 @@ BETA = 0.3
 N_ROWS, N_COLS = 400, 500  # n = 200,000 elements per draw
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Noise:
     """A multiplicative noise z with E[z] = 1, Var z = v and Var z**2 = w."""
