@@ -40,7 +40,7 @@ N_ROWS, N_COLS = 400, 500  # n = 200,000 elements per draw
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_cpu_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to stalls on a busy machine."""
+    """One intra-op thread: these tensors are too small to gain from more, and it avoids stalls."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
