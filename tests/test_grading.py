@@ -85,7 +85,9 @@ def _as_student(task: str, flags) -> object:
 
 
 def _named(message: str) -> set[str]:
-    return {m.name for m in CATALOGUE.values() if f"Misconception: {m.title}." in message}
+    return {
+        m.name for m in CATALOGUE.values() if f"Misconception: {m.title} [{m.name}]." in message
+    }
 
 
 def test_expectations_cover_the_whole_catalogue():

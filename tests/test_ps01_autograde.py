@@ -175,10 +175,10 @@ def test_a_known_mistake_loses_exactly_its_points_and_is_named(tmp_path, misconc
     expected = {k: (0 if k in lost else p, p) for k, p in POINTS.items()}
     assert course.scores("mistaken") == expected
     graded = by_grade_id(course.graded("mistaken"))
-    title = CATALOGUE[misconception].title
+    named = f"Misconception: {CATALOGUE[misconception].title} [{misconception}]."
     for grade_id in POINTS:
         text = cell_text(graded[grade_id])
-        assert (f"Misconception: {title}." in text) == (grade_id in lost), (grade_id, text)
+        assert (named in text) == (grade_id in lost), (grade_id, text)
     # The feedback shows no expected value: only input settings, indices and the seed.
     for grade_id in lost:
         text = cell_text(graded[grade_id])

@@ -405,6 +405,7 @@ def check_batchnorm_train(
     seed: int | None = None,
 ) -> None:
     """The training-mode output of ``batchnorm_forward_train`` on (N, C) inputs, tiny batches included."""
+    __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
     cases = draw_cases(TRAIN_SPECS, seed=seed, device=_device(device), dtype=dtype)
     run_check(
@@ -420,6 +421,7 @@ def check_running_update(
     seed: int | None = None,
 ) -> None:
     """The running statistics ``batchnorm_forward_train`` leaves after one step on (N, C) inputs."""
+    __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
     cases = draw_cases(TRAIN_SPECS, seed=seed, device=_device(device), dtype=dtype)
     run_check(
@@ -440,6 +442,7 @@ def check_conv_layout(
     seed: int | None = None,
 ) -> None:
     """A whole training step of ``batchnorm_forward_train`` on (N, C, L) and (N, C, H, W) inputs."""
+    __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
     cases = draw_cases(CONV_SPECS, seed=seed, device=_device(device), dtype=dtype)
     run_check(
@@ -460,6 +463,7 @@ def check_batchnorm_gradients(
     seed: int | None = None,
 ) -> None:
     """Gradients through ``batchnorm_forward_train`` with respect to x, gamma and beta, (N, C) input."""
+    __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
     # With n = 2 values per channel the gradient with respect to x vanishes (both normalised
     # values are +-1 whatever x is), so only round-off would be compared: use n >= 4. (N, C)
@@ -484,6 +488,7 @@ def check_batchnorm_eval(
     seed: int | None = None,
 ) -> None:
     """``batchnorm_forward_eval`` on (N, C), (N, C, L), (N, C, H, W) inputs, batches of one included."""
+    __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
     cases = draw_cases(EVAL_SPECS, seed=seed, device=_device(device), dtype=dtype)
     run_check(

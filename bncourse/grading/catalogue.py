@@ -47,8 +47,14 @@ class Misconception:
         return book_link(self.page, self.anchor)
 
     def explain(self) -> str:
-        """The paragraph a failing check prints: title, feedback and where to read more."""
-        return f"Misconception: {self.title}.\n{self.feedback}\nRead more: {self.link}"
+        """The paragraph a failing check prints: title and name, feedback, where to read more.
+
+        The bracketed name is stable, so that an instructor can count misconceptions across the
+        feedback of a whole class.
+        """
+        return (
+            f"Misconception: {self.title} [{self.name}].\n{self.feedback}\nRead more: {self.link}"
+        )
 
 
 def _entries(*items: Misconception) -> Mapping[str, Misconception]:

@@ -110,6 +110,7 @@ def mutants_for(task: str, *, pairs: bool = False) -> list[Mutant]:
 
 
 def _run_student(task: Task, fn: Callable[..., Any], case: Any) -> Result:
+    __tracebackhide__ = True
     with forbid_reference(task.function_name) as guard:
         try:
             result = task.run(fn, case)
@@ -217,6 +218,7 @@ def run_check(
     when none does, it says where the first values differ (case, quantity, index), never what
     they should be.
     """
+    __tracebackhide__ = True  # IPython and pytest show the message, not this frame
     if not callable(fn):
         raise CheckFailure(f"expected the function {task.function_name}, got {type(fn).__name__}")
     expected = [task.run(task.reference, case.exact()) for case in cases]
@@ -224,7 +226,11 @@ def run_check(
     student = [_run_student(task, fn, case) for case in cases]
     failing = [q for q in quantities if not _agrees(student, expected, q, tols)]
     if not failing:
-        print(f"{task.function_name}: {what} matches the reference on {len(cases)} random inputs.")
+        dtype = str(cases[0].dtype).removeprefix("torch.")
+        print(
+            f"{task.function_name}: {what} matches the reference on {len(cases)} random "
+            f"{dtype} inputs."
+        )
         return
     wrong_cases = [
         i
