@@ -278,6 +278,13 @@ def delegate_and_hide_the_error(x, gamma, beta, running_mean, running_var, momen
         return train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps)
 
 
+def delegate_and_raise_another_error(x, gamma, beta, running_mean, running_var, momentum, eps):
+    try:
+        return delegate_module(x, gamma, beta, running_mean, running_var, momentum, eps)
+    except Exception as error:
+        raise ValueError("no luck") from error
+
+
 DELEGATES = [
     delegate_functional,
     delegate_torch_batch_norm,
@@ -287,6 +294,7 @@ DELEGATES = [
     delegate_course_reference,
     delegate_course_module,
     delegate_and_hide_the_error,
+    delegate_and_raise_another_error,
 ]
 
 

@@ -6,6 +6,14 @@ difference raise an :class:`AssertionError` whose message names the catalogued m
 reproduces the submission's behaviour, with a feedback paragraph and a link to the book. While the
 student's code runs, calling the reference or torch's own normalization and dropout is refused
 (:func:`forbid_reference`).
+
+Layout: :mod:`~bncourse.grading.catalogue` (the misconceptions: feedback, book section, mutants per
+task), :mod:`~bncourse.grading.engine` (run, compare, diagnose; shared by every exercise),
+:mod:`~bncourse.grading.guard`, :mod:`~bncourse.grading.compare`, and one module of checks per
+topic (:mod:`~bncourse.grading.batchnorm`). A new graded function is a new
+:class:`~bncourse.grading.engine.Task` (how to call it and what to read back, its reference, a
+variant function whose keyword flags make each catalogued mistake) plus catalogue entries, or
+extra ``mutants`` on existing entries, keyed by the task's name.
 """
 
 from bncourse.grading.batchnorm import (

@@ -119,15 +119,21 @@ def _run_student(task: Task, fn: Callable[..., Any], case: Any) -> Result:
         except CheckFailure:
             raise
         except Exception as error:
+            if guard.violations:
+                raise _hidden_violation(task, guard.violations[0]) from None
             error.add_note(f"(raised while checking {task.function_name} on {case.describe()})")
             raise
     if guard.violations:
-        raise CheckFailure(
-            f"{task.function_name} called {guard.violations[0]} and hid the error it raised. "
-            "This exercise asks you to write the computation yourself with elementary tensor "
-            "operations; this part scores zero until it does."
-        )
+        raise _hidden_violation(task, guard.violations[0])
     return result
+
+
+def _hidden_violation(task: Task, called: str) -> CheckFailure:
+    return CheckFailure(
+        f"{task.function_name} called {called} and hid the error it raised. This exercise asks "
+        "you to write the computation yourself with elementary tensor operations; this part "
+        "scores zero until it does."
+    )
 
 
 def _agrees(
