@@ -316,16 +316,26 @@ def test_cache_reuses_and_invalidates(tmp_path):
         cache.cached("demo", {"x": object()}, compute, cache_dir=tmp_path)
 
 
-def test_package_hash_follows_the_source(tmp_path):
+def test_package_hash_follows_the_computational_source(tmp_path):
     pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "a.py").write_text("A = 1\n")
-    (pkg / "sub" / "b.py").write_text("B = 1\n")
-    h1 = cache.package_hash(pkg)
-    (pkg / "sub" / "b.py").write_text("B = 2\n")
-    cache._package_hash.cache_clear()
-    h2 = cache.package_hash(pkg)
-    assert h1 != h2
+    for folder in ("lab/sub", "nn", "grading"):
+        (pkg / folder).mkdir(parents=True)
+    (pkg / "theory.py").write_text("A = 1\n")
+    (pkg / "lab" / "sub" / "b.py").write_text("B = 1\n")
+    (pkg / "grading" / "c.py").write_text("C = 1\n")
+
+    def digest():
+        cache._package_hash.cache_clear()
+        return cache.package_hash(pkg)
+
+    h1 = digest()
+    (pkg / "lab" / "sub" / "b.py").write_text("B = 2\n")
+    h2 = digest()
+    (pkg / "theory.py").write_text("A = 2\n")
+    h3 = digest()
+    (pkg / "grading" / "c.py").write_text("C = 2\n")  # the autograder cannot change a result
+    h4 = digest()
+    assert len({h1, h2, h3}) == 3 and h4 == h3
     assert len(cache.package_hash()) == 64  # the installed package itself
 
 

@@ -2,9 +2,11 @@
 
 A result is stored as JSON under ``<cache dir>/<name>-<key>.json``. The key is a SHA-256 of the
 experiment's name, its configuration (as canonical JSON), ``bncourse.__version__``, a hash of the
-source of every ``bncourse/**/*.py`` file and the kind of device (results on a GPU are not
-bit-identical to CPU results). Any change to the package's code therefore recomputes every
-experiment, while an unchanged rebuild of the book reads all of them back in milliseconds.
+source of the package's computational code (every ``*.py`` file of ``bncourse/nn``,
+``bncourse/lab``, ``bncourse/theory.py`` and ``bncourse/__init__.py``) and the kind of device
+(results on a GPU are not bit-identical to CPU results). Any change to that code therefore
+recomputes every experiment, while an unchanged rebuild of the book reads all of them back in
+milliseconds.
 
 The cache folder is, in order: the ``cache_dir`` argument, the ``BNCOURSE_CACHE`` environment
 variable, ``<repository>/.cache/bncourse/experiments`` when the package runs from a source
@@ -26,7 +28,14 @@ from typing import Any
 
 import bncourse
 
-__all__ = ["CachedResult", "cached", "cache_key", "package_hash", "default_cache_dir"]
+__all__ = [
+    "CachedResult",
+    "COMPUTATIONAL_PARTS",
+    "cached",
+    "cache_key",
+    "package_hash",
+    "default_cache_dir",
+]
 
 _PACKAGE_DIR = Path(bncourse.__file__).resolve().parent
 
@@ -44,16 +53,35 @@ class CachedResult:
     path: Path | None
 
 
-def package_hash(package_dir: str | os.PathLike | None = None) -> str:
-    """SHA-256 over the relative paths and contents of every ``*.py`` file of the package."""
-    return _package_hash(str(Path(package_dir or _PACKAGE_DIR).resolve()))
+#: The parts of the package whose code can change a result: the reference layers, the theory,
+#: the lab (data, models, training, probes, experiments) and the package's ``__init__``. The
+#: autograder and the command line are left out, so working on them does not retrain anything.
+COMPUTATIONAL_PARTS = ("__init__.py", "theory.py", "nn", "lab")
+
+
+def package_hash(
+    package_dir: str | os.PathLike | None = None, parts: tuple[str, ...] = COMPUTATIONAL_PARTS
+) -> str:
+    """SHA-256 over the relative paths and contents of the ``*.py`` files of ``parts``.
+
+    ``parts`` names files or folders directly under the package folder (default:
+    :data:`COMPUTATIONAL_PARTS`); folders are searched recursively.
+    """
+    return _package_hash(str(Path(package_dir or _PACKAGE_DIR).resolve()), tuple(parts))
 
 
 @lru_cache(maxsize=8)
-def _package_hash(package_dir: str) -> str:
+def _package_hash(package_dir: str, parts: tuple[str, ...]) -> str:
     root = Path(package_dir)
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    files: set[Path] = set()
+    for part in parts:
+        target = root / part
+        if target.is_dir():
+            files.update(target.rglob("*.py"))
+        elif target.is_file():
+            files.add(target)
+    for path in sorted(files):
         if "__pycache__" in path.parts:
             continue
         digest.update(path.relative_to(root).as_posix().encode())
