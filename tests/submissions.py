@@ -42,7 +42,12 @@ autograde time per submission, the run's time divided by the number of submissio
 
 ``"blank"`` can be passed as a notebook value to grade the generated student version as is. Keep
 the set of submissions of one test file in one ``autograde_many`` call (a module-scoped fixture
-with ``tmp_path_factory``): the course set-up and the nbgrader start-up are then paid once.
+with ``tmp_path_factory``): the course set-up and the nbgrader start-up are then paid once, and
+each submission costs one kernel start and its cells (about 4 s for ps01 on a 2-core machine).
+Mark such tests ``@pytest.mark.slow`` and filter nbgrader's harmless SQLAlchemy warning, as
+``tests/test_ps01_mutants.py`` does::
+
+    pytestmark = pytest.mark.filterwarnings("ignore:Object of type:sqlalchemy.exc.SAWarning")
 """
 
 from __future__ import annotations
