@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,11 +39,21 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 SOLUTION = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n?", flags=re.MULTILINE)
 
 
-def sh(args: list[str], cwd: Path) -> float:
-    """Run a command in ``cwd``; its wall-clock time in seconds."""
-    start = time.perf_counter()
+CPU: dict[str, float] = {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sh(args: list[str], cwd: Path, label: str | None = None) -> float:
+    """Run a command in ``cwd``; its wall-clock time in seconds (CPU seconds go to ``CPU``)."""
+    cpu, start = _children_cpu(), time.perf_counter()
     proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    if label:
+        CPU[label] = CPU.get(label, 0.0) + _children_cpu() - cpu
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return seconds
@@ -129,15 +140,23 @@ def main() -> int:
             shutil.copytree(base, root)
 
         nbgrader = str(BIN / "nbgrader")
-        autograde = sh([nbgrader, "autograde", assignment, "--force"], roots["serial"])
-        feedback = sh([nbgrader, "generate_feedback", assignment, "--force"], roots["serial"])
-        export = sh([nbgrader, "export"], roots["serial"])
+        serial = "serial nbgrader autograde + feedback + export"
+        autograde = sh([nbgrader, "autograde", assignment, "--force"], roots["serial"], serial)
+        CPU["serial nbgrader autograde (alone)"] = CPU[serial]
+        feedback = sh(
+            [nbgrader, "generate_feedback", assignment, "--force"], roots["serial"], serial
+        )
+        export = sh([nbgrader, "export"], roots["serial"], serial)
         grade = [str(BIN / "bncourse"), "grade", assignment, "--no-progress", "--workers"]
         seconds = {
             "serial nbgrader autograde (alone)": autograde,
             "serial nbgrader autograde + feedback + export": autograde + feedback + export,
-            "bncourse grade --workers 1": sh([*grade, "1"], roots["workers1"]),
-            "bncourse grade --workers 2": sh([*grade, "2"], roots["workers2"]),
+            "bncourse grade --workers 1": sh(
+                [*grade, "1"], roots["workers1"], "bncourse grade --workers 1"
+            ),
+            "bncourse grade --workers 2": sh(
+                [*grade, "2"], roots["workers2"], "bncourse grade --workers 2"
+            ),
         }
         floor = kernel_floor(args.floor_repeats)
 
@@ -165,14 +184,20 @@ def main() -> int:
     for kind in ("correct", "blank", "partial"):
         values = sorted({scores[s].score for s, k in kinds.items() if k == kind})
         print(f"  scores of the {kind} ones: {values} of {scores['s000'].max_score:g}")
-    print(f"\n{'run':<48} {'seconds':>8} {'subm./min':>10} {'speed-up':>9}")
+    print(f"\n{'run':<48} {'seconds':>8} {'subm./min':>10} {'speed-up':>9} {'CPU s':>7}")
     for name, secs in seconds.items():
-        print(f"{name:<48} {secs:8.1f} {60 * n / secs:10.1f} {reference / secs:8.2f}x")
+        print(
+            f"{name:<48} {secs:8.1f} {60 * n / secs:10.1f} {reference / secs:8.2f}x "
+            f"{CPU[name]:7.1f}"
+        )
     print(
         f"\nfloor: a fresh kernel importing torch takes {floor:.2f} s "
         f"({60 / floor:.0f} per minute per core; {60 * 2 / floor:.0f} per minute on 2 cores)"
     )
     print(f"same grades in all three gradebooks: {same}; identical grades.csv: {same_csv}")
+    print(
+        "(CPU s: processor time of the run and its kernels; the machine's other load is not in it)"
+    )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0 if same and same_csv else 1
 

@@ -83,6 +83,16 @@ def expected_notebooks(course: Course, assignment: str) -> dict[str, set[str]]:
         }
 
 
+def register_students(course: Course, students: list[str]) -> None:
+    """Add missing students to the gradebook in sorted order, as serial ``nbgrader autograde``
+    does; nbgrader's CSV export lists students in the order they were added."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(course.db_url, course.course_id) as gb:
+        for student in students:
+            gb.update_or_create_student(student)
+
+
 def _replace_tree(src: Path | None, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -156,6 +166,7 @@ def grade_class(
                 f"no submission of {assignment} in {course.submitted_dir} by: {', '.join(unknown)}"
             )
         students = [s for s in students if s in set(only)]
+    register_students(course, students)
     report.log_dir = course.root / LOG_DIR / assignment
     report.log_dir.mkdir(parents=True, exist_ok=True)
 
