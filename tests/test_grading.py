@@ -49,6 +49,7 @@ EXPECTED_FAILURES = {
     ("eps-outside-sqrt", "batchnorm_eval"): {"eval"},
     ("biased-running-variance", "batchnorm_train"): {"running", "conv"},
     ("momentum-flipped", "batchnorm_train"): {"running", "conv"},
+    ("keras-style-momentum", "batchnorm_train"): {"running", "conv"},
     ("running-stats-replaced", "replace"): {"running", "conv"},
     ("running-stats-replaced", "no_decay"): {"running", "conv"},
     ("running-stats-not-updated", "batchnorm_train"): {"running", "conv"},
@@ -122,11 +123,21 @@ def test_each_catalogued_mistake_fails_exactly_its_checks_and_is_named(name, lab
 
 def test_two_mistakes_at_once_are_both_named():
     student = functools.partial(
+        batchnorm_train_variant, running_var_kind="biased", eps_kind="missing"
+    )
+    with pytest.raises(CheckFailure) as failure:
+        grading.check_conv_layout(student, seed=3)
+    assert _named(str(failure.value)) == {"biased-running-variance", "eps-missing"}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_keras_update_is_named_as_one_convention_not_two_mistakes(seed):
+    student = functools.partial(
         batchnorm_train_variant, running_var_kind="biased", momentum_kind="flipped"
     )
     with pytest.raises(CheckFailure) as failure:
-        grading.check_running_update(student, seed=3)
-    assert _named(str(failure.value)) == {"biased-running-variance", "momentum-flipped"}
+        grading.check_running_update(student, seed=seed)
+    assert _named(str(failure.value)) == {"keras-style-momentum"}
 
 
 # --- sound implementations written differently from the reference -----------------------------

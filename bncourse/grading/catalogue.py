@@ -128,20 +128,37 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         anchor="bn-unbiased-variance",
         mutants={"batchnorm_train": ({"running_var_kind": "biased"},)},
     ),
+    # The direction of the average alone (the variance stored is still the unbiased one), and
+    # Keras's whole update: old-weighted average of the biased variance. The two differ in
+    # running_var whenever n / (n - 1) shows (tiny batches), so each is named on its own.
     Misconception(
         name="momentum-flipped",
-        title="momentum direction flipped (Keras/CS231n-style momentum)",
+        title="momentum direction flipped",
         feedback=(
             "In PyTorch momentum is the weight of the NEW batch statistic: "
             "running = (1 - momentum) * running + momentum * batch_statistic, so momentum=0.1 "
-            "keeps 90% of the old value. Keras and CS231n use the opposite convention, "
-            "running = momentum * running + (1 - momentum) * batch_statistic, with momentum=0.99 "
-            "or 0.9; that formula with PyTorch's momentum moves the running statistics the wrong "
-            "amount."
+            "keeps 90% of the old value. The update here weights the old value by momentum "
+            "instead, running = momentum * running + (1 - momentum) * batch_statistic, which "
+            "with PyTorch's momentum moves the running statistics the wrong amount."
         ),
         page="batchnorm",
         anchor="bn-momentum",
         mutants={"batchnorm_train": ({"momentum_kind": "flipped"},)},
+    ),
+    Misconception(
+        name="keras-style-momentum",
+        title="Keras-style running statistics",
+        feedback=(
+            "This is the update of Keras (tf.keras BatchNormalization) and of CS231n: "
+            "running = momentum * running + (1 - momentum) * batch_statistic, with the BIASED "
+            "batch variance (divide by n) stored as the running variance. PyTorch differs twice: "
+            "its momentum weights the NEW statistic, running = (1 - momentum) * running + "
+            "momentum * batch_statistic (Keras's momentum=0.99 is PyTorch's 0.01), and it stores "
+            "the unbiased variance, n / (n - 1) times the biased one."
+        ),
+        page="batchnorm",
+        anchor="bn-momentum",
+        mutants={"batchnorm_train": ({"momentum_kind": "flipped", "running_var_kind": "biased"},)},
     ),
     Misconception(
         name="running-stats-replaced",
