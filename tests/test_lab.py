@@ -316,27 +316,52 @@ def test_cache_reuses_and_invalidates(tmp_path):
         cache.cached("demo", {"x": object()}, compute, cache_dir=tmp_path)
 
 
-def test_package_hash_follows_the_computational_source(tmp_path):
-    pkg = tmp_path / "pkg"
-    for folder in ("lab/sub", "nn", "grading"):
+def test_package_hash_follows_the_code_the_experiments_import(tmp_path):
+    pkg = tmp_path / "bncourse"
+    for folder in ("lab", "nn", "grading"):
         (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "lab" / "experiments.py").write_text(
+        "from bncourse import theory\nfrom .data import load\n\n"
+        "def f():\n    from bncourse.nn import functional\n"
+    )
+    (pkg / "lab" / "data.py").write_text("load = 1\n")
     (pkg / "theory.py").write_text("A = 1\n")
-    (pkg / "lab" / "sub" / "b.py").write_text("B = 1\n")
-    (pkg / "grading" / "c.py").write_text("C = 1\n")
+    (pkg / "nn" / "functional.py").write_text("F = 1\n")
+    (pkg / "grading" / "checks.py").write_text("from bncourse import theory\n")
+
+    names = {p.relative_to(pkg).as_posix() for p in cache.source_files(pkg)}
+    assert names == {
+        "__init__.py",
+        "lab/__init__.py",
+        "lab/experiments.py",
+        "lab/data.py",
+        "theory.py",
+        "nn/__init__.py",
+        "nn/functional.py",
+    }
 
     def digest():
         cache._package_hash.cache_clear()
         return cache.package_hash(pkg)
 
-    h1 = digest()
-    (pkg / "lab" / "sub" / "b.py").write_text("B = 2\n")
-    h2 = digest()
-    (pkg / "theory.py").write_text("A = 2\n")
-    h3 = digest()
-    (pkg / "grading" / "c.py").write_text("C = 2\n")  # the autograder cannot change a result
-    h4 = digest()
-    assert len({h1, h2, h3}) == 3 and h4 == h3
-    assert len(cache.package_hash()) == 64  # the installed package itself
+    hashes = [digest()]
+    for name, text in [
+        ("theory.py", "A = 2\n"),
+        ("lab/data.py", "load = 2\n"),
+        ("nn/functional.py", "F = 2\n"),
+    ]:
+        (pkg / name).write_text(text)
+        hashes.append(digest())
+    assert len(set(hashes)) == 4, "each imported file must change the hash"
+    (pkg / "grading" / "checks.py").write_text("from bncourse import theory  # edited\n")
+    assert digest() == hashes[-1], "code the experiments never import must not change the hash"
+
+    real = {p.relative_to(cache._PACKAGE_DIR).as_posix() for p in cache.source_files()}
+    assert {"lab/experiments.py", "lab/train.py", "theory.py", "nn/functional.py"} <= real
+    assert not any(name.startswith(("grading/", "instructor/")) for name in real)
+    assert "lab/plots.py" not in real
 
 
 TINY = {"depth": 2, "width": 16, "epochs": 2, "batch_size": 128, "placement": "before_bn", "p": 0.3}

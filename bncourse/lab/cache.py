@@ -2,11 +2,12 @@
 
 A result is stored as JSON under ``<cache dir>/<name>-<key>.json``. The key is a SHA-256 of the
 experiment's name, its configuration (as canonical JSON), ``bncourse.__version__``, a hash of the
-source of the package's computational code (every ``*.py`` file of ``bncourse/nn``,
-``bncourse/lab``, ``bncourse/theory.py`` and ``bncourse/__init__.py``) and the kind of device
-(results on a GPU are not bit-identical to CPU results). Any change to that code therefore
-recomputes every experiment, while an unchanged rebuild of the book reads all of them back in
-milliseconds.
+source of the code the experiments run (``bncourse.lab.experiments`` and every ``bncourse``
+module it imports, directly or not, found by reading the import statements; see
+:func:`source_files`) and the kind of device (results on a GPU are not bit-identical to CPU
+results). Any change to that code therefore recomputes every experiment, while an unchanged
+rebuild of the book reads all of them back in milliseconds, and work on unrelated parts of the
+package (the autograder, the command line, the plots) leaves the cache valid.
 
 The cache folder is, in order: the ``cache_dir`` argument, the ``BNCOURSE_CACHE`` environment
 variable, ``<repository>/.cache/bncourse/experiments`` when the package runs from a source
@@ -15,6 +16,7 @@ checkout, and ``~/.cache/bncourse/experiments`` otherwise.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -30,7 +32,8 @@ import bncourse
 
 __all__ = [
     "CachedResult",
-    "COMPUTATIONAL_PARTS",
+    "ENTRY_MODULES",
+    "source_files",
     "cached",
     "cache_key",
     "package_hash",
@@ -53,37 +56,91 @@ class CachedResult:
     path: Path | None
 
 
-#: The parts of the package whose code can change a result: the reference layers, the theory,
-#: the lab (data, models, training, probes, experiments) and the package's ``__init__``. The
-#: autograder and the command line are left out, so working on them does not retrain anything.
-COMPUTATIONAL_PARTS = ("__init__.py", "theory.py", "nn", "lab")
+#: Modules whose code, with every ``bncourse`` module they import (directly or not), decides
+#: the results: the experiments and, through them, data, models, training, probes, theory and
+#: the reference layers. Code they never import (the autograder, the command line, plotting)
+#: does not enter the key, so working on it does not retrain anything.
+ENTRY_MODULES = ("bncourse.lab.experiments",)
+
+
+def _module_path(root: Path, package: str, module: str) -> Path | None:
+    """File of ``module`` inside the package folder ``root`` named ``package``, if any."""
+    if module != package and not module.startswith(package + "."):
+        return None
+    parts = module.split(".")[1:]
+    base = root.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, module: str, is_package: bool) -> set[str]:
+    """Every module named by an import statement anywhere in ``path`` (also inside functions)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = here.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, node.module] if node.module else anchor)
+            else:
+                base = node.module or ""
+            found.add(base)
+            # ``from package import name`` may import the submodule ``package.name``.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def source_files(
+    package_dir: str | os.PathLike | None = None,
+    entry_modules: tuple[str, ...] = ENTRY_MODULES,
+    package: str = "bncourse",
+) -> list[Path]:
+    """The package's source files that ``entry_modules`` import, transitively, sorted.
+
+    Imports are read from the source (``ast``), so the answer does not depend on what happens to
+    be imported in the running process. Importing a module also runs its parents' ``__init__``.
+    """
+    root = Path(package_dir or _PACKAGE_DIR).resolve()
+    seen: set[str] = set()
+    files: set[Path] = set()
+    todo = list(entry_modules)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = _module_path(root, package, module)
+        if path is None:
+            continue
+        files.add(path)
+        parents = module.split(".")
+        todo.extend(".".join(parents[:i]) for i in range(1, len(parents)))
+        todo.extend(_imported_modules(path, module, path.name == "__init__.py"))
+    if not files:
+        raise ValueError(f"none of {entry_modules} is a module of {package!r} under {str(root)!r}")
+    return sorted(files)
 
 
 def package_hash(
-    package_dir: str | os.PathLike | None = None, parts: tuple[str, ...] = COMPUTATIONAL_PARTS
+    package_dir: str | os.PathLike | None = None,
+    entry_modules: tuple[str, ...] = ENTRY_MODULES,
+    package: str = "bncourse",
 ) -> str:
-    """SHA-256 over the relative paths and contents of the ``*.py`` files of ``parts``.
-
-    ``parts`` names files or folders directly under the package folder (default:
-    :data:`COMPUTATIONAL_PARTS`); folders are searched recursively.
-    """
-    return _package_hash(str(Path(package_dir or _PACKAGE_DIR).resolve()), tuple(parts))
+    """SHA-256 over the relative paths and contents of :func:`source_files`."""
+    root = str(Path(package_dir or _PACKAGE_DIR).resolve())
+    return _package_hash(root, tuple(entry_modules), package)
 
 
 @lru_cache(maxsize=8)
-def _package_hash(package_dir: str, parts: tuple[str, ...]) -> str:
-    root = Path(package_dir)
+def _package_hash(root: str, entry_modules: tuple[str, ...], package: str) -> str:
     digest = hashlib.sha256()
-    files: set[Path] = set()
-    for part in parts:
-        target = root / part
-        if target.is_dir():
-            files.update(target.rglob("*.py"))
-        elif target.is_file():
-            files.add(target)
-    for path in sorted(files):
-        if "__pycache__" in path.parts:
-            continue
+    for path in source_files(root, entry_modules, package):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
