@@ -16,6 +16,12 @@ variant function whose keyword flags make each catalogued mistake) plus catalogu
 extra ``mutants`` on existing entries, keyed by the task's name.
 """
 
+from bncourse.grading.backward import (
+    check_batchnorm_backward_conv,
+    check_batchnorm_backward_input,
+    check_batchnorm_backward_numeric,
+    check_batchnorm_backward_params,
+)
 from bncourse.grading.batchnorm import (
     check_batchnorm_eval,
     check_batchnorm_gradients,
@@ -32,6 +38,10 @@ __all__ = [
     "CheckFailure",
     "Misconception",
     "ReferenceCallError",
+    "check_batchnorm_backward_conv",
+    "check_batchnorm_backward_input",
+    "check_batchnorm_backward_numeric",
+    "check_batchnorm_backward_params",
     "check_batchnorm_eval",
     "check_batchnorm_gradients",
     "check_batchnorm_train",

@@ -233,4 +233,91 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "batchnorm_train": ({"grad": "cut"}, {"grad": "detached_statistics"}),
         },
     ),
+    Misconception(
+        name="grad-params-wrong-reduction",
+        title="gamma and beta gradients not summed over every value of the channel",
+        feedback=(
+            "gamma_c and beta_c act on every value of channel c, in every sample (and at every "
+            "position of an image), so their gradients are SUMS over all of them: "
+            "dbeta = sum of dout and dgamma = sum of dout * x_hat over N for (N, C) input, over "
+            "N, H and W for (N, C, H, W). A mean instead of a sum, a sum over the features of "
+            "each sample, or over N alone for image input, gives the wrong values or shape."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-params",
+        mutants={
+            "batchnorm_backward": (
+                {"params_reduce": "per_sample"},
+                {"params_reduce": "mean"},
+                {"params_reduce": "batch_only"},
+            ),
+        },
+    ),
+    Misconception(
+        name="grad-gamma-without-x-hat",
+        title="dgamma without the normalized input",
+        feedback=(
+            "The output is y = gamma * x_hat + beta, so dy/dgamma = x_hat, the NORMALIZED input "
+            "(x - mean) / sqrt(var + eps): dgamma = sum of dout * x_hat. Multiplying dout by x "
+            "itself, or by x - mean without dividing by the standard deviation, differentiates "
+            "a different layer."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-params",
+        mutants={"batchnorm_backward": ({"gamma_factor": "x"}, {"gamma_factor": "centered"})},
+    ),
+    Misconception(
+        name="grad-input-missing-paths",
+        title="dx without the paths through the batch mean and variance",
+        feedback=(
+            "In training mode the mean and the variance are computed from the batch, so every x "
+            "reaches the output three ways: directly through x_hat, through the mean, and "
+            "through the variance. dx = gamma / sqrt(var + eps) * (dout - mean(dout) - x_hat * "
+            "mean(dout * x_hat)), the means taken per channel. Treating the statistics as "
+            "constants (dx = gamma * dout / sqrt(var + eps)) is the gradient of evaluation mode, "
+            "not of training mode."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-input",
+        mutants={
+            "batchnorm_backward": (
+                {"paths": "none"},
+                {"paths": "no_mean"},
+                {"paths": "no_variance"},
+            ),
+        },
+    ),
+    Misconception(
+        name="grad-unbiased-variance",
+        title="unbiased variance in the backward pass",
+        feedback=(
+            "The forward pass normalizes with the BIASED variance, var = mean((x - mean)^2), "
+            "dividing by n; the backward pass differentiates exactly that: d var / dx = "
+            "2 (x - mean) / n. The unbiased n - 1 belongs to the running variance only. "
+            "torch.var divides by n - 1 unless you pass unbiased=False (or correction=0)."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-variance",
+        mutants={
+            "batchnorm_backward": (
+                {"variance": "unbiased"},
+                {"variance": "unbiased_derivative"},
+                {"variance": "unbiased_consistent"},
+            ),
+        },
+    ),
+    Misconception(
+        name="grad-conv-wrong-axes",
+        title="backward sums over the wrong axes for image input",
+        feedback=(
+            "For (N, C, H, W) input the forward statistics are per channel over N, H and W "
+            "together, so every sum of the backward pass (for dbeta, dgamma, and the mean and "
+            "variance paths of dx) runs over the same axes (0, 2, 3), with n = N * H * W. "
+            "Summing over N alone treats every pixel position as a channel of its own; "
+            "reshaping to (-1, C) without first moving C last mixes channels."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-conv",
+        mutants={"batchnorm_backward": ({"axes": "batch_only"}, {"axes": "reshape"})},
+    ),
 )
