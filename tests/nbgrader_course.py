@@ -49,7 +49,15 @@ def repository_config(root: Path) -> Config:
 class Course:
     """An nbgrader course folder of its own, with the repository's configuration."""
 
-    def __init__(self, root: Path, assignment: str, *, source: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        assignment: str,
+        *,
+        source: Path | None = None,
+        overrides: Config | None = None,
+    ) -> None:
+        """``overrides``: settings merged over the repository's (e.g. how kernels shut down)."""
         _tools_on_path()
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
@@ -57,6 +65,8 @@ class Course:
         self.root = Path(root)
         self.assignment = assignment
         self.config = repository_config(self.root)
+        if overrides is not None:
+            self.config.merge(overrides)
         source_dir = self.config.CourseDirectory.source_directory
         self.release_dir = self.root / self.config.CourseDirectory.release_directory / assignment
         shutil.copytree(

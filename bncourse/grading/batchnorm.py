@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bncourse.grading.catalogue import CATALOGUE
 from bncourse.grading.engine import (
     CheckFailure,
     Result,
@@ -192,11 +193,27 @@ def _cpu64(value: object) -> object:
     return value.detach().to("cpu", torch.float64) if isinstance(value, Tensor) else value
 
 
+# A function written for (N, C) input (statistics over dim 0, gamma of shape (C,) broadcast
+# against the last axis) cannot run on conv input at all: there is no output to compare with the
+# catalogued mutants, so the error itself says which misconception usually causes it.
+def _conv_error_hint() -> str:
+    return (
+        "This error arose on convolutional input. When the same function works on (N, C) input, "
+        "it most likely computes the statistics (or broadcasts gamma, beta and the running "
+        "statistics) for the (N, C) layout only:\n" + CATALOGUE["stats-wrong-axes"].explain()
+    )
+
+
 def _run_train(fn: Callable[..., Any], case: BatchNormCase) -> Result:
     gradients = case.grad_output is not None
     x, gamma, beta = (t.clone().requires_grad_(gradients) for t in (case.x, case.gamma, case.beta))
     running_mean, running_var = case.running_mean.clone(), case.running_var.clone()
-    out = fn(x, gamma, beta, running_mean, running_var, case.momentum, case.eps)
+    try:
+        out = fn(x, gamma, beta, running_mean, running_var, case.momentum, case.eps)
+    except (RuntimeError, IndexError) as error:
+        if case.x.dim() > 2:
+            error.add_note(_conv_error_hint())
+        raise
     out = _output(out, x, TRAIN.function_name)
     result: Result = {"output": out, "running_mean": running_mean, "running_var": running_var}
     if gradients:
