@@ -30,6 +30,8 @@ def _with(answers: dict[str, str], root: Path) -> nbformat.NotebookNode:
 def _build_class(root: Path) -> None:
     ec.submit(root, "correct", _with(CORRECT, root))
     ec.submit(root, "loop", _with({**CORRECT, "variance": "while True:\n    pass"}, root))
+    stubborn = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+    ec.submit(root, "stubborn", _with({**CORRECT, "variance": stubborn}, root))
     ec.submit(root, "crash", _with({**CORRECT, "variance": "import os\nos._exit(1)"}, root))
     sys_exit = CORRECT["variance"] + "\n\nimport sys\nsys.exit()"
     ec.submit(root, "sysexit", _with({**CORRECT, "variance": sys_exit}, root))
@@ -105,7 +107,7 @@ def test_every_student_reported_and_run_not_stopped(graded):
     assert sorted(graded["rows"]) == students, graded["proc"].stdout
     assert sorted(graded["grades"]) == students
     assert graded["proc"].returncode == 1  # some submissions could not be graded
-    assert "Could not grade: crash, notjson, notnotebook\n" in graded["proc"].stdout
+    assert "Could not grade: crash, notjson, notnotebook, stubborn\n" in graded["proc"].stdout
 
 
 def test_submitted_files_never_changed(graded):
@@ -120,6 +122,11 @@ def test_correct_student_unaffected(graded):
 def test_infinite_loop_hits_cell_time_limit(graded):
     assert _score(graded, "loop") == ec.POINTS["test_mean"]
     assert f"ran past the {TIMEOUT} s time limit" in _row(graded, "loop")
+
+
+def test_loop_ignoring_the_interrupt_reported(graded):
+    assert _score(graded, "stubborn") == 0  # nbgrader gives up on the whole notebook
+    assert "ignored the interrupt" in _row(graded, "stubborn")
 
 
 def test_kernel_crash_reported(graded):
@@ -171,7 +178,15 @@ def test_megabytes_of_output_graded_and_truncated(graded):
     assert _score(graded, "flood") == 5
     assert _row(graded, "flood").rstrip().endswith("-")
     graded_nb = graded["root"] / "autograded" / "flood" / ec.ASSIGNMENT / f"{ec.ASSIGNMENT}.ipynb"
-    assert graded_nb.stat().st_size < 200_000  # nbgrader's LimitOutput keeps the first lines only
+    printed = [
+        o.text
+        for cell in nbformat.read(graded_nb, 4).cells
+        for o in cell.get("outputs", [])
+        if o.output_type == "stream"
+    ]
+    # nbgrader's LimitOutput keeps the first 1000 lines of the 2000 printed
+    assert printed[0].endswith("... Output truncated ...")
+    assert len(printed[0].splitlines()) == 1000
 
 
 def test_two_notebooks_grades_the_expected_one(graded):

@@ -101,6 +101,10 @@ def silence_library_warnings() -> None:
 _ERROR_HINTS = [
     ("DeadKernelError", "the kernel died (os._exit, a crash or out of memory)"),
     ("UnresponsiveKernelError", "the kernel stopped responding and could not be interrupted"),
+    (
+        "Timeout waiting for IOPub output",
+        "a cell ran past the time limit and ignored the interrupt; nothing could be graded",
+    ),
     ("NotJSONError", "not a valid notebook (not JSON)"),
     ("JSONDecodeError", "not a valid notebook (not JSON)"),
     ("ValidationError", "not a valid notebook (fails the notebook schema)"),
@@ -114,8 +118,10 @@ def explain_failure(text: str) -> str:
     for needle, hint in _ERROR_HINTS:
         if needle in text:
             return hint
-    errors = re.findall(r"^\s*(\w+(?:Error|Exception)\b.*)$", text, flags=re.MULTILINE)
-    return errors[-1][:200] if errors else "autograding failed (see the log)"
+    for name, message in re.findall(r"(\w+(?:Error|Exception)): (.*)", text):
+        if name != "NbGraderException":
+            return f"{name}: {message}"[:200]
+    return "autograding failed (see the log)"
 
 
 def notebook_problems(autograded: Path, timeout: int | None) -> list[str]:
