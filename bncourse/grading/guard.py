@@ -89,15 +89,17 @@ def _qualified_name(func: Callable[..., Any]) -> str:
 
 
 def _reference_frame() -> str | None:
-    """The ``bncourse.nn`` function on the current call stack, if any."""
-    frame = sys._getframe(2)
+    """The outermost ``bncourse.nn`` function on the current call stack, if any: the one the
+    submission called, not the helper that it called in turn."""
+    frame, outermost = sys._getframe(2), None
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if filename.startswith(_REFERENCE_DIR):
-            module = os.path.splitext(os.path.basename(filename))[0]
-            return f"bncourse.nn.{module}.{frame.f_code.co_qualname}"
+        if os.path.abspath(frame.f_code.co_filename).startswith(_REFERENCE_DIR):
+            outermost = frame
         frame = frame.f_back
-    return None
+    if outermost is None:
+        return None
+    module = os.path.splitext(os.path.basename(outermost.f_code.co_filename))[0]
+    return f"bncourse.nn.{module}.{outermost.f_code.co_qualname}"
 
 
 class _Guard(TorchFunctionMode):
