@@ -181,6 +181,10 @@ def _grade(job: GradeJob, result: GradeResult) -> None:
     config = copy.deepcopy(job.config)
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.db_url = db_url
+    if not any("shutdown_kernel" in config[k] for k in ("Execute", "ExecutePreprocessor")):
+        # Kill each kernel once its notebook has run (every output is in by then) instead of
+        # waiting 1-2 s for it to exit; a course can still set Execute.shutdown_kernel itself.
+        config.Execute.shutdown_kernel = "immediate"
     ignore = list(config.CourseDirectory.get("ignore", []))
 
     shutil.copytree(job.source, root / job.source_subdir / job.assignment)
