@@ -6,8 +6,6 @@ nbgrader's Python API, with the repository's nbgrader configuration.
 
 from __future__ import annotations
 
-import re
-
 import nbformat
 import pytest
 from build_ps01_batchnorm import ASSIGNMENT, POINTS, REPO, SOURCE, build
@@ -140,56 +138,5 @@ def test_blank_and_tampered_submissions_score_zero(tmp_path):
     assert "NotImplementedError" in cell_text(graded["test_batchnorm_train"])
 
 
-# (edit of the instructor's answer, the graded cells it costs, what their feedback must say)
-MISTAKES = {
-    "biased-running-variance": (
-        "batchnorm_forward_train",
-        ("momentum * var * n / (n - 1)", "momentum * var"),
-        {"test_running_update", "test_conv_layout"},
-        "Misconception: biased running variance [biased-running-variance].",
-    ),
-    "eval-uses-batch-statistics": (
-        "batchnorm_forward_eval",
-        (
-            "x_hat = (x - running_mean.reshape(shape)) / torch.sqrt(running_var.reshape(shape) + eps)",
-            "dims = [0, *range(2, x.dim())]\n    x_hat = (x - x.mean(dims, keepdim=True)) / "
-            "torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)",
-        ),
-        {"test_batchnorm_eval"},
-        "Misconception: evaluation uses batch statistics [eval-uses-batch-statistics].",
-    ),
-    "delegates-to-torch": (
-        "batchnorm_forward_eval",
-        (
-            "x_hat = (x - running_mean.reshape(shape)) / torch.sqrt(running_var.reshape(shape) + eps)",
-            "return torch.nn.functional.batch_norm(\n"
-            "        x, running_mean, running_var, gamma, beta, False, 0.0, eps\n    )",
-        ),
-        {"test_batchnorm_eval"},
-        "batchnorm_forward_eval called torch.nn.functional.batch_norm.",
-    ),
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mistake", list(MISTAKES))
-def test_a_known_mistake_loses_exactly_its_points_and_is_named(tmp_path, mistake):
-    grade_id, (old, new), lost, feedback = MISTAKES[mistake]
-    course = Course(tmp_path, ASSIGNMENT)
-    release = course.generate()
-    answers = solutions(course.source())
-    assert old in answers[grade_id]
-    answers[grade_id] = answers[grade_id].replace(old, new)
-    course.submit("mistaken", answered(release, answers))
-    course.autograde("mistaken")
-    expected = {k: (0 if k in lost else p, p) for k, p in POINTS.items()}
-    assert course.scores("mistaken") == expected
-    graded = by_grade_id(course.graded("mistaken"))
-    for grade_id in POINTS:
-        text = cell_text(graded[grade_id])
-        assert (feedback in text) == (grade_id in lost), (grade_id, text)
-    # The feedback shows no expected value: only input settings, indices and the seed.
-    for grade_id in lost:
-        text = cell_text(graded[grade_id])
-        assert "tensor(" not in text
-        assert not re.search(r"\d\.\d{4,}", text), text
+# Known-wrong submissions (one per catalogued misconception), alternative implementations and
+# delegations are graded together, in one course, by tests/test_ps01_mutants.py.
