@@ -32,6 +32,10 @@ from bncourse.grading.batchnorm import (
 from bncourse.grading.catalogue import CATALOGUE, Misconception
 from bncourse.grading.engine import CheckFailure, default_device
 from bncourse.grading.guard import ReferenceCallError, forbid_reference
+from bncourse.grading.placement import check_cnn_placement, check_mlp_placement
+from bncourse.grading.probe import check_probe_side_effects, check_probe_values
+from bncourse.grading.recalibration import check_recalibration_state, check_recalibration_stats
+from bncourse.grading.variance_shift import check_variance_shift
 
 __all__ = [
     "CATALOGUE",
@@ -45,8 +49,15 @@ __all__ = [
     "check_batchnorm_eval",
     "check_batchnorm_gradients",
     "check_batchnorm_train",
+    "check_cnn_placement",
     "check_conv_layout",
+    "check_mlp_placement",
+    "check_probe_side_effects",
+    "check_probe_values",
+    "check_recalibration_state",
+    "check_recalibration_stats",
     "check_running_update",
+    "check_variance_shift",
     "default_device",
     "forbid_reference",
 ]

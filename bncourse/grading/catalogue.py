@@ -320,4 +320,217 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         anchor="bnb-conv",
         mutants={"batchnorm_backward": ({"axes": "batch_only"}, {"axes": "reshape"})},
     ),
+    # --- ps04_variance_shift: the closed form, the probe, the recalibration, the placement ---
+    Misconception(
+        name="shift-retain-drop-confused",
+        title="retain and drop probability confused in the variance shift",
+        feedback=(
+            "The paper writes p for the probability of RETAINING a unit; PyTorch's "
+            "torch.nn.Dropout(p), and this exercise, take the probability of DROPPING it. The "
+            "dropout multiplier a / (1 - p) has second moment 1 / (1 - p), so "
+            "Var_train = (c^2 + v) / (1 - p) - c^2. Using the paper's formula with the drop "
+            "probability in place of the retain probability gives the shift of the opposite drop "
+            "rate."
+        ),
+        page="variance_shift_theory",
+        anchor="vs-conventions",
+        mutants={"variance_shift": ({"convention": "retain"},)},
+    ),
+    Misconception(
+        name="shift-mean-ignored",
+        title="the input's mean left out of the variance shift",
+        feedback=(
+            "Dropout multiplies the whole value, mean included: E[(m x)^2] = E[m^2] (c^2 + v), so "
+            "the training-time variance is (c^2 + v) / (1 - p) - c^2. The shift equals 1 - p "
+            "only for zero-mean input; a non-zero mean makes it larger, because its square is "
+            "inflated by 1 / (1 - p) too."
+        ),
+        page="variance_shift_theory",
+        anchor="vs-before-bn",
+        mutants={"variance_shift": ({"mean_term": "ignored"},)},
+    ),
+    Misconception(
+        name="shift-ratio-inverted",
+        title="variance shift inverted",
+        feedback=(
+            "The variance shift is Var_test / Var_train: the variance the unit has at test time "
+            "divided by the one BN's running variance learned during training. With dropout "
+            "before BN it is below 1 (BN divides by a standard deviation that is too large); "
+            "Var_train / Var_test is its reciprocal."
+        ),
+        page="variance_shift_theory",
+        anchor="vs-before-bn",
+        mutants={"variance_shift": ({"ratio": "train_over_test"},)},
+    ),
+    Misconception(
+        name="probe-train-mode",
+        title="the probe measures in training mode",
+        feedback=(
+            "The real variance is the one a BN layer's input has at TEST time, so the probe must "
+            "run the network after model.eval(): in training mode dropout draws new masks, BN "
+            "normalizes with the batch's statistics, and every forward pass overwrites the "
+            "running statistics you are trying to compare with. torch.no_grad() does not switch "
+            "the mode. Put the train/eval flags back afterwards."
+        ),
+        page="variance_shift_measured",
+        anchor="vs-probe",
+        mutants={"variance_probe": ({"mode": "given"},)},
+    ),
+    Misconception(
+        name="probe-bn-output",
+        title="the probe records BN's output instead of its input",
+        feedback=(
+            "The running variance describes what a BN layer RECEIVES, so the probe must record "
+            "the layer's input: a forward pre-hook, register_forward_pre_hook(hook) with "
+            "hook(module, args) reading args[0]. A forward hook's output is the normalized, "
+            "scaled and shifted result, whose variance is about gamma^2 times the shift."
+        ),
+        page="variance_shift_measured",
+        anchor="vs-probe",
+        mutants={"variance_probe": ({"where": "output"},)},
+    ),
+    Misconception(
+        name="probe-variance-wrong-axes",
+        title="the probe's variance is not taken per channel",
+        feedback=(
+            "BN keeps one running variance per channel, computed over every axis but the channel "
+            "axis 1: over N for (N, C) input, over N, H and W for (N, C, H, W). Compare like with "
+            "like: take each channel's variance over those axes, then average over channels. "
+            "x.var() pools all channels (and adds the spread of their means); x.var(0) on image "
+            "input keeps one variance per pixel position."
+        ),
+        page="variance_shift_measured",
+        anchor="vs-probe",
+        mutants={"variance_probe": ({"axes": "all"}, {"axes": "batch_only"})},
+    ),
+    Misconception(
+        name="probe-biased-variance",
+        title="the probe compares a biased variance with the unbiased running variance",
+        feedback=(
+            "running_var holds unbiased estimates (divided by n - 1), so the probe must compute "
+            "the real variance the same way: torch.var's default, unbiased=True. The biased "
+            "variance is n / (n - 1) times smaller, which shows when a channel has few values."
+        ),
+        page="variance_shift_measured",
+        anchor="vs-probe",
+        mutants={"variance_probe": ({"unbiased": False},)},
+    ),
+    Misconception(
+        name="mode-not-restored",
+        title="train/eval mode not restored",
+        feedback=(
+            "A helper that calls model.eval() changes the caller's model. Remember the flags "
+            "first (modes = {m: m.training for m in model.modules()}) and put them back before "
+            "returning (for m, t in modes.items(): m.train(t)), or call model.train(was_training) "
+            "when every module shared one mode. Otherwise the training loop that called the "
+            "helper continues with dropout switched off and BN frozen."
+        ),
+        page="batchnorm",
+        anchor="bn-no-grad",
+        mutants={"variance_probe": ({"restore": False},)},
+    ),
+    Misconception(
+        name="hooks-not-removed",
+        title="hooks left on the network",
+        feedback=(
+            "register_forward_pre_hook and register_forward_hook return a handle: call "
+            "handle.remove() when the measurement is done (in a finally block, so that an error "
+            "cannot leave them behind). A hook left on the network keeps recording every later "
+            "forward pass, which costs memory and mixes later data into the next measurement."
+        ),
+        page="variance_shift_measured",
+        anchor="vs-probe",
+        mutants={"variance_probe": ({"remove_hooks": False},)},
+    ),
+    Misconception(
+        name="recal-dropout-on",
+        title="BN recalibrated with dropout on",
+        feedback=(
+            "Recalibration exists to give BN the statistics of test-time inputs, so dropout must "
+            "stay OFF during the pass: put the model in eval() and then switch only the BN layers "
+            "to train(). model.train(), and torch.optim.swa_utils.update_bn, which calls it, "
+            "switch every dropout layer back on and re-learn the inflated variance."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={"bn_recalibration": ({"dropout": "on"},)},
+    ),
+    Misconception(
+        name="recal-stats-not-reset",
+        title="running statistics not reset before recalibration",
+        feedback=(
+            "The old running statistics were learned with dropout on; averaging new batches into "
+            "them keeps much of the shift. Call bn.reset_running_stats() (mean 0, variance 1, "
+            "num_batches_tracked 0) on every BN layer and set bn.momentum = None, so that the "
+            "statistics become a plain average over the recalibration batches only."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={"bn_recalibration": ({"reset": False}, {"reset": False, "momentum": "kept"})},
+    ),
+    Misconception(
+        name="recal-momentum-kept",
+        title="recalibration with an exponential moving average",
+        feedback=(
+            "With its momentum of 0.1, BN keeps 0.9 of the old running value at every batch: "
+            "after a reset, a handful of batches leaves the statistics close to their initial "
+            "mean 0 and variance 1. Set bn.momentum = None during recalibration (a cumulative "
+            "average with equal weights) and restore the momentum afterwards."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={"bn_recalibration": ({"momentum": "kept"},)},
+    ),
+    Misconception(
+        name="recal-bn-not-updated",
+        title="BN layers left in evaluation mode during recalibration",
+        feedback=(
+            "In evaluation mode BN only reads its running statistics. To recompute them, switch "
+            "the BN layers (and only them) to training mode for the pass, under torch.no_grad(), "
+            "and back to evaluation mode afterwards."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={"bn_recalibration": ({"bn_mode": "eval"},)},
+    ),
+    Misconception(
+        name="recal-left-in-training",
+        title="network left in training mode after recalibration",
+        feedback=(
+            "After the recalibration pass, call model.eval(): BN layers left in training mode "
+            "normalize every later batch with its own statistics and overwrite the statistics "
+            "just computed."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={"bn_recalibration": ({"final": "as_left"},)},
+    ),
+    Misconception(
+        name="dropout-before-bn",
+        title="dropout noise reaches a BN layer",
+        feedback=(
+            "A BN layer that sees dropout noise during training learns a running variance that "
+            "is larger than what it sees at test time (the variance shift), whether dropout sits "
+            "directly before it or before the weight layer that feeds it. Put dropout after the "
+            "last BN layer, right before the classifier: no BN layer then sees its noise."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-remedies",
+        mutants={
+            "mlp_placement": ({"placement": "before_bn"}, {"placement": "before_weight"}),
+        },
+    ),
+    Misconception(
+        name="dropout-removed",
+        title="dropout removed instead of moved",
+        feedback=(
+            "Leaving dropout out avoids the variance shift but also drops the regularization "
+            "the network was designed with. Keep one dropout layer, placed after the last BN "
+            "layer (right before the classifier), where it is active in training mode and no BN "
+            "layer sees its noise."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-remedies",
+        mutants={"mlp_placement": ({"placement": "none"},)},
+    ),
 )

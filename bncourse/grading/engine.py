@@ -14,7 +14,7 @@ import itertools
 import secrets
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -72,6 +72,9 @@ class Task:
     ``variant(**flags)`` its catalogued mutations; ``labels`` names each quantity for messages.
     ``undefined(flags, case)`` lists the quantities a mutation predicts nothing about on a case
     (for example the buffers, when its statistics do not even have one value per channel).
+    ``guard`` holds keyword arguments of :func:`forbid_reference` for the submission's run (a
+    function that runs a whole network passes ``torch_layers=False`` and names its reference
+    modules); ``tolerance(case)``, when given, replaces the dtype's default tolerance.
     """
 
     name: str
@@ -81,6 +84,12 @@ class Task:
     variant: Callable[..., Any]
     labels: Mapping[str, str]
     undefined: Callable[[Mapping[str, object], Any], set[str]] = lambda flags, case: set()
+    guard: Mapping[str, Any] = field(default_factory=dict)
+    tolerance: Callable[[Any], Tolerance] | None = None
+
+    def tolerance_for(self, case: Any) -> Tolerance:
+        """How close a result must be to the reference on ``case``."""
+        return self.tolerance(case) if self.tolerance else Tolerance.for_dtype(case.dtype)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ def mutants_for(task: str, *, pairs: bool = False) -> list[Mutant]:
 
 def _run_student(task: Task, fn: Callable[..., Any], case: Any) -> Result:
     __tracebackhide__ = True
-    with forbid_reference(task.function_name) as guard:
+    with forbid_reference(task.function_name, **task.guard) as guard:
         try:
             result = task.run(fn, case)
         except ReferenceCallError as error:
@@ -228,7 +237,7 @@ def run_check(
     if not callable(fn):
         raise CheckFailure(f"expected the function {task.function_name}, got {type(fn).__name__}")
     expected = [task.run(task.reference, case.exact()) for case in cases]
-    tols = [Tolerance.for_dtype(case.dtype) for case in cases]
+    tols = [task.tolerance_for(case) for case in cases]
     student = [_run_student(task, fn, case) for case in cases]
     failing = [q for q in quantities if not _agrees(student, expected, q, tols)]
     if not failing:

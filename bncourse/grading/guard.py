@@ -9,18 +9,27 @@ The guard is a :class:`torch.overrides.TorchFunctionMode`: every torch function 
 active passes through it, whatever name the submission imported it under. It stops honest
 shortcuts, not deliberate circumvention (code that disables torch-function handling can slip
 past it).
+
+Exercises whose graded function runs a whole network (a probe, a recalibration, an evaluation
+loop) must be free to call torch's layers: they pass ``torch_layers=False`` and instead name the
+course modules that hold the reference of what they grade (``references=("bncourse.theory",)``,
+``("bncourse.lab.probes",)``, ...). A call into any function defined in one of those files is
+refused, seen through :func:`sys.setprofile` (the modules are found by path, never imported, so
+that grading does not depend on :mod:`bncourse.lab`).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from torch.overrides import TorchFunctionMode
 
+import bncourse
 import bncourse.nn
 
 __all__ = ["FORBIDDEN_TORCH_FUNCTIONS", "ReferenceCallError", "forbid_reference"]
@@ -69,6 +78,21 @@ FORBIDDEN_TORCH_FUNCTIONS: frozenset[str] = frozenset(
 )
 
 _REFERENCE_DIR = os.path.dirname(os.path.abspath(bncourse.nn.__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(bncourse.__file__))
+
+
+def _module_file(name: str) -> str:
+    """The source file of the course module ``name`` (e.g. ``bncourse.lab.probes``), not imported."""
+    parts = name.split(".")
+    if parts[0] != "bncourse" or len(parts) < 2:
+        raise ValueError(f"references must name modules of the bncourse package, got {name!r}")
+    path = os.path.join(_PACKAGE_DIR, *parts[1:])
+    if os.path.isdir(path):
+        path = os.path.join(path, "__init__")
+    path += ".py"
+    if not os.path.isfile(path):
+        raise ValueError(f"no module {name!r} in the bncourse package (looked for {path})")
+    return path
 
 
 class ReferenceCallError(AssertionError):
@@ -103,13 +127,32 @@ def _reference_frame() -> str | None:
 
 
 class _Guard(TorchFunctionMode):
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, files: Sequence[str] = ()) -> None:
         super().__init__()
         self.what = what
+        self.files = frozenset(os.path.abspath(f) for f in files)
         self.violations: list[str] = []
+
+    def profile(self, frame, event, arg) -> None:
+        """A :func:`sys.setprofile` hook: refuse a call into a function of a reference file."""
+        if event != "call" or not frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+            return  # module and class bodies: importing a reference module is no call into it
+        filename = os.path.abspath(frame.f_code.co_filename)
+        caller = frame.f_back
+        if filename in self.files and (
+            caller is None or os.path.abspath(caller.f_code.co_filename) not in self.files
+        ):
+            module = os.path.relpath(os.path.splitext(filename)[0], os.path.dirname(_PACKAGE_DIR))
+            raise self._refuse(f"{module.replace(os.sep, '.')}.{frame.f_code.co_qualname}")
 
     def _refuse(self, called: str) -> ReferenceCallError:
         self.violations.append(called)
+        if not called.startswith(("torch", "bncourse.nn")):
+            return ReferenceCallError(
+                f"{self.what} called {called}, the course's own implementation of what this "
+                "exercise asks you to write. Write it yourself (helpers of your own and torch's "
+                "layers are fine); this part scores zero until it does."
+            )
         return ReferenceCallError(
             f"{self.what} called {called}. This exercise asks you to write the computation "
             "yourself with elementary tensor operations (sum, mean, var, sqrt, indexing, ...); "
@@ -129,13 +172,33 @@ class _Guard(TorchFunctionMode):
 
 
 @contextmanager
-def forbid_reference(what: str = "the graded function") -> Iterator[_Guard]:
+def forbid_reference(
+    what: str = "the graded function",
+    *,
+    torch_layers: bool = True,
+    references: Sequence[str] = (),
+) -> Iterator[_Guard]:
     """Run the enclosed code with reference implementations forbidden.
 
-    ``what`` names the code under test in the error message. The yielded guard lists in
-    ``violations`` every forbidden call, including those whose error the code caught and hid:
-    a check should fail when that list is not empty.
+    ``what`` names the code under test in the error message. With ``torch_layers`` (the default)
+    torch's normalization and dropout and :mod:`bncourse.nn` are refused; ``references`` names
+    further course modules (``"bncourse.theory"``, ``"bncourse.lab.recalibrate"``, ...) none of
+    whose functions may be called. The yielded guard lists in ``violations`` every forbidden call,
+    including those whose error the code caught and hid: a check should fail when that list is not
+    empty.
     """
-    guard = _Guard(what)
-    with guard:
-        yield guard
+    guard = _Guard(what, [_module_file(name) for name in references])
+    previous = sys.getprofile()
+    if guard.files:
+        # A profile function that raises is switched off by Python: the violation is recorded
+        # first, and the previous one is put back on exit either way.
+        sys.setprofile(guard.profile)
+    try:
+        if torch_layers:
+            with guard:
+                yield guard
+        else:  # torch functions pass unexamined: no need to route them through the mode
+            yield guard
+    finally:
+        if guard.files:
+            sys.setprofile(previous)

@@ -1,0 +1,263 @@
+"""Checks for model builders that must place dropout where batch norm never sees it.
+
+Students write a builder with one of these signatures and return an ``nn.Module``:
+
+``mlp_without_shift(in_features, num_classes, depth, width, p)`` (ps04_variance_shift)
+    ``depth`` blocks ``Linear -> BatchNorm1d -> ReLU`` of ``width`` units, then dropout of drop
+    probability ``p`` and a linear classifier;
+``make_cnn(in_channels, num_classes, depth, width, p)`` (ps05_train_vs_eval)
+    ``depth`` blocks ``Conv2d(3x3) -> BatchNorm2d -> ReLU`` of ``width`` channels, global average
+    pooling, then dropout and a linear classifier.
+
+The checks look at behaviour, not at the code: they build the network, switch its BN layers to
+evaluation mode (so that nothing depends on the batch) and the rest to training mode, run the same
+input twice with different random seeds and compare what every BN layer receives (the same both
+times when no dropout acts before it, so there is no variance shift) and what comes out (different:
+dropout is active in training). They also check the number of BN layers, the output shape, and
+that evaluation mode is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bncourse.grading.engine import CheckFailure, Result, Task, default_device, draw_seed, run_check
+from bncourse.grading.networks import bn_modules, no_tf32
+
+__all__ = [
+    "CNN_PLACEMENT",
+    "MLP_PLACEMENT",
+    "BuilderCase",
+    "check_cnn_placement",
+    "check_mlp_placement",
+    "cnn_variant",
+    "draw_builder_cases",
+    "mlp_variant",
+]
+
+
+@dataclass(frozen=True)
+class BuilderCase:
+    """Arguments for the builder and an input of the right shape."""
+
+    layout: str
+    in_channels: int
+    num_classes: int
+    depth: int
+    width: int
+    p: float
+    x: Tensor
+    seed: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    def describe(self) -> str:
+        first = "in_features" if self.layout == "dense" else "in_channels"
+        return (
+            f"{first}={self.in_channels}, num_classes={self.num_classes}, depth={self.depth}, "
+            f"width={self.width}, p={self.p:g}, input of shape {tuple(self.x.shape)}"
+        )
+
+    def exact(self) -> BuilderCase:
+        return self
+
+
+# (in_channels or in_features, num_classes, depth, width, p, batch size[, image side])
+BUILDER_SPECS = {
+    "dense": ((6, 3, 3, 8, 0.3), (4, 5, 1, 5, 0.7), (10, 2, 2, 16, 0.2)),
+    "conv": ((2, 3, 2, 4, 0.3, 5), (1, 4, 1, 6, 0.6, 4), (3, 2, 3, 3, 0.2, 3)),
+}
+
+
+def draw_builder_cases(
+    seed: int, layout: str, device: torch.device | str | None = None
+) -> list[BuilderCase]:
+    """The builder's arguments and an input batch of 8 for each spec of ``layout``."""
+    if layout not in BUILDER_SPECS:
+        raise ValueError(f"layout must be 'dense' or 'conv', got {layout!r}")
+    device = torch.device(device) if device is not None else default_device()
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i, spec in enumerate(BUILDER_SPECS[layout]):
+        channels, classes, depth, width, p = spec[:5]
+        shape = (8, channels) if layout == "dense" else (8, channels, spec[5], spec[5])
+        x = 1.0 + 2.0 * torch.randn(shape, generator=gen)
+        cases.append(
+            BuilderCase(layout, channels, classes, depth, width, p, x.to(device), seed + i)
+        )
+    return cases
+
+
+def _inputs_and_outputs(model: nn.Module, x: Tensor, seed: int) -> tuple[list[Tensor], Tensor]:
+    """What every BN layer receives and what the network returns, for one draw of the noise."""
+    captured: list[Tensor] = []
+    handles = [
+        bn.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach().clone()))
+        for bn in bn_modules(model)
+    ]
+    try:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured, out
+
+
+def _same(a: list[Tensor], b: list[Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def _run_builder(fn: Callable[..., Any], case: BuilderCase, function_name: str) -> Result:
+    devices = [case.x.device] if case.x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), no_tf32():
+        torch.manual_seed(case.seed)
+        model = fn(case.in_channels, case.num_classes, case.depth, case.width, case.p)
+        if not isinstance(model, nn.Module):
+            raise CheckFailure(
+                f"{function_name} returned {type(model).__name__}, expected an nn.Module (did you "
+                "forget the return statement?)."
+            )
+        model = model.to(case.x.device)
+        model.train()
+        for bn in bn_modules(model):
+            bn.eval()  # batch statistics would make every BN input depend on the whole batch
+        bn_in_1, out_1 = _inputs_and_outputs(model, case.x, 1)
+        bn_in_2, out_2 = _inputs_and_outputs(model, case.x, 2)
+        model.eval()
+        _, eval_1 = _inputs_and_outputs(model, case.x, 3)
+        _, eval_2 = _inputs_and_outputs(model, case.x, 4)
+    return {
+        "output_shape": tuple(eval_1.shape),
+        "bn_count": len(bn_modules(model)),
+        "bn_inputs_noise_free": _same(bn_in_1, bn_in_2),
+        "noisy_in_training": not torch.equal(out_1, out_2),
+        "deterministic_in_eval": torch.equal(eval_1, eval_2),
+    }
+
+
+def _block(layout: str, fan_in: int, width: int) -> tuple[nn.Module, nn.Module]:
+    if layout == "dense":
+        return nn.Linear(fan_in, width, bias=False), nn.BatchNorm1d(width)
+    return nn.Conv2d(fan_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+
+
+def _variant(
+    layout: str,
+    in_channels: int,
+    num_classes: int,
+    depth: int,
+    width: int,
+    p: float,
+    placement: str,
+) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    fan_in = in_channels
+    for _ in range(depth):
+        weight, bn = _block(layout, fan_in, width)
+        if placement == "before_weight":
+            layers.append(nn.Dropout(p))
+        layers.append(weight)
+        if placement == "before_bn":
+            layers.append(nn.Dropout(p))
+        layers += [bn, nn.ReLU()]
+        fan_in = width
+    if layout == "conv":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if placement == "after_bn":
+        layers.append(nn.Dropout(p))
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def mlp_variant(
+    in_features: int,
+    num_classes: int,
+    depth: int,
+    width: int,
+    p: float,
+    *,
+    placement: str = "after_bn",
+) -> nn.Sequential:
+    """The MLP builder with the student's signature and a choice of dropout placement.
+
+    ``placement``: "after_bn" (right: one dropout before the classifier), "before_bn" (dropout
+    directly before every BN), "before_weight" (dropout before every linear layer), "none".
+    """
+    return _variant("dense", in_features, num_classes, depth, width, p, placement)
+
+
+def cnn_variant(
+    in_channels: int,
+    num_classes: int,
+    depth: int,
+    width: int,
+    p: float,
+    *,
+    placement: str = "after_bn",
+) -> nn.Sequential:
+    """The CNN builder with the student's signature and a choice of dropout placement."""
+    return _variant("conv", in_channels, num_classes, depth, width, p, placement)
+
+
+_LABELS = {
+    "output_shape": "output shape",
+    "bn_count": "number of BN layers",
+    "bn_inputs_noise_free": "BN inputs free of dropout noise",
+    "noisy_in_training": "dropout active in training mode",
+    "deterministic_in_eval": "deterministic output in evaluation mode",
+}
+_QUANTITIES = list(_LABELS)
+
+MLP_PLACEMENT = Task(
+    name="mlp_placement",
+    function_name="mlp_without_shift",
+    run=lambda fn, case: _run_builder(fn, case, "mlp_without_shift"),
+    reference=mlp_variant,
+    variant=mlp_variant,
+    labels=_LABELS,
+    guard={"torch_layers": False, "references": ("bncourse.lab.models",)},
+)
+CNN_PLACEMENT = Task(
+    name="cnn_placement",
+    function_name="make_cnn",
+    run=lambda fn, case: _run_builder(fn, case, "make_cnn"),
+    reference=cnn_variant,
+    variant=cnn_variant,
+    labels=_LABELS,
+    guard={"torch_layers": False, "references": ("bncourse.lab.models",)},
+)
+
+
+def check_mlp_placement(
+    fn: Callable[..., nn.Module],
+    *,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+) -> None:
+    """``mlp_without_shift``: dropout active in training, and no BN layer sees its noise."""
+    __tracebackhide__ = True
+    seed = draw_seed() if seed is None else seed
+    cases = draw_builder_cases(seed, "dense", device)
+    run_check(MLP_PLACEMENT, fn, cases, _QUANTITIES, seed=seed, what="the dropout placement")
+
+
+def check_cnn_placement(
+    fn: Callable[..., nn.Module],
+    *,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+) -> None:
+    """``make_cnn``: dropout active in training, and no BN layer sees its noise."""
+    __tracebackhide__ = True
+    seed = draw_seed() if seed is None else seed
+    cases = draw_builder_cases(seed, "conv", device)
+    run_check(CNN_PLACEMENT, fn, cases, _QUANTITIES, seed=seed, what="the dropout placement")
