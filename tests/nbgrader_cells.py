@@ -69,6 +69,19 @@ def tests(grade_id: str, points: float, source: str) -> NotebookNode:
     return cell
 
 
+def written_answer(grade_id: str, points: float, source: str) -> NotebookNode:
+    """A manually graded markdown answer worth ``points``: what lies between the solution markers
+    is replaced by nbgrader's "YOUR ANSWER HERE" for students, and a grader scores it by hand
+    (autograding leaves it ungraded)."""
+    if points <= 0:
+        raise ValueError(f"points must be positive, got {points}")
+    cell = new_markdown_cell(_text(source), id=grade_id)
+    cell.metadata["nbgrader"] = _nbgrader(
+        grade_id, grade=True, solution=True, locked=False, points=points
+    )
+    return cell
+
+
 def scratch(cell_id: str, source: str) -> NotebookNode:
     """A free code cell for students to try things; not graded, not restored."""
     return new_code_cell(_text(source), id=cell_id)

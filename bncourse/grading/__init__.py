@@ -30,6 +30,13 @@ from bncourse.grading.batchnorm import (
     check_running_update,
 )
 from bncourse.grading.catalogue import CATALOGUE, Misconception
+from bncourse.grading.dropout import (
+    check_dropout_backward,
+    check_dropout_eval,
+    check_dropout_train,
+    check_gaussian_dropout,
+    check_uout,
+)
 from bncourse.grading.engine import CheckFailure, default_device
 from bncourse.grading.guard import ReferenceCallError, forbid_reference
 from bncourse.grading.placement import check_cnn_placement, check_mlp_placement
@@ -51,6 +58,11 @@ __all__ = [
     "check_batchnorm_train",
     "check_cnn_placement",
     "check_conv_layout",
+    "check_dropout_backward",
+    "check_dropout_eval",
+    "check_dropout_train",
+    "check_gaussian_dropout",
+    "check_uout",
     "check_mlp_placement",
     "check_probe_side_effects",
     "check_probe_values",

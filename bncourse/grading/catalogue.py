@@ -533,4 +533,119 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         anchor="vs-remedies",
         mutants={"mlp_placement": ({"placement": "none"},)},
     ),
+    Misconception(
+        name="dropout-no-scaling",
+        title="dropout without the 1/(1 - p) scaling",
+        feedback=(
+            "Inverted dropout keeps a unit with probability 1 - p and divides the kept units by "
+            "1 - p, so that the expected output equals the input: E[m x / (1 - p)] = x. Without "
+            "the factor the training-time output is (1 - p) times smaller on average, and the "
+            "evaluation-mode network (the identity) sees larger inputs than training did. "
+            "Classic dropout instead multiplies by 1 - p at test time; PyTorch does neither at "
+            "test time. The backward pass scales the gradient by the same 1/(1 - p)."
+        ),
+        page="dropout",
+        anchor="do-inverted",
+        mutants={
+            "dropout_forward": (
+                {"scale": "none"},
+                {"scale": "none", "eval_mode": "classic"},
+            ),
+            "dropout_backward": ({"backward_scale": "none"},),
+        },
+    ),
+    Misconception(
+        name="dropout-wrong-scaling",
+        title="kept units scaled by p or by 1 - p instead of 1/(1 - p)",
+        feedback=(
+            "The kept units are DIVIDED by the keep probability 1 - p: out = x * mask / (1 - p). "
+            "Multiplying by p, or by 1 - p, shrinks them instead of enlarging them, and the "
+            "expected output is no longer the input."
+        ),
+        page="dropout",
+        anchor="do-inverted",
+        mutants={"dropout_forward": ({"scale": "p"}, {"scale": "keep"})},
+    ),
+    Misconception(
+        name="dropout-keep-drop-confused",
+        title="keep and drop probability confused",
+        feedback=(
+            "In PyTorch, p is the probability of DROPPING a unit: torch.nn.Dropout(p=0.3) zeroes "
+            "30% of the units and keeps 70%, so the mask is 1 with probability 1 - p (for "
+            "example torch.rand(...) >= p). The dropout paper and the variance-shift paper write "
+            "p for the probability of keeping a unit; mixing the two conventions zeroes the "
+            "wrong fraction or scales by 1/p. For Gaussian dropout, the noise variance that "
+            "matches drop probability p is p/(1 - p), not (1 - p)/p."
+        ),
+        page="dropout",
+        anchor="do-mask",
+        mutants={
+            "dropout_forward": ({"keep_prob": "p"}, {"keep_prob": "p", "scale": "inverse_p"}),
+            "dropout_backward": (
+                {"keep_prob": "p", "scale": "inverse_p", "backward_scale": "inverse_p"},
+            ),
+            "gaussian_dropout": ({"std": "keep"},),
+        },
+    ),
+    Misconception(
+        name="dropout-in-eval",
+        title="noise applied in evaluation mode",
+        feedback=(
+            "In evaluation mode (training=False) dropout, Gaussian dropout and Uout are the "
+            "identity: the output is the input, and its gradient is the upstream gradient. "
+            "Dropping units or adding noise at test time makes predictions random and, for "
+            "inverted dropout, no rescaling is needed because training already divided by "
+            "1 - p."
+        ),
+        page="dropout",
+        anchor="do-eval",
+        mutants={
+            "dropout_forward": ({"eval_mode": "train"},),
+            "dropout_backward": ({"eval_mode": "train"},),
+            "gaussian_dropout": ({"eval_mode": "train"},),
+            "uout": ({"eval_mode": "train"},),
+        },
+    ),
+    Misconception(
+        name="dropout-backward-new-mask",
+        title="backward pass not reusing the forward mask",
+        feedback=(
+            "The output of the forward pass depends on exactly the units its mask kept, so the "
+            "gradient flows through those units only: dx = dout * mask / (1 - p) with the SAME "
+            "mask. Store it in the cache during the forward pass; drawing a new mask in the "
+            "backward pass (or using none) sends gradient to units that were dropped and "
+            "blocks it at units that were used."
+        ),
+        page="dropout",
+        anchor="do-backward",
+        mutants={
+            "dropout_backward": ({"backward_mask": "fresh"}, {"backward_mask": "none"}),
+        },
+    ),
+    Misconception(
+        name="gaussian-std-as-variance",
+        title="Gaussian noise with standard deviation p/(1 - p)",
+        feedback=(
+            "Gaussian dropout multiplies by noise with mean 1 and VARIANCE p/(1 - p), the variance "
+            "of the inverted Bernoulli multiplier it imitates; its standard deviation is "
+            "sqrt(p/(1 - p)). torch.randn draws with standard deviation 1, so scale it by the "
+            "square root: 1 + sqrt(p/(1 - p)) * torch.randn(...)."
+        ),
+        page="dropout",
+        anchor="do-gaussian",
+        mutants={"gaussian_dropout": ({"std": "variance"},)},
+    ),
+    Misconception(
+        name="uout-wrong-interval",
+        title="Uout noise drawn from the wrong interval",
+        feedback=(
+            "Uout multiplies by 1 + r with r uniform on [-beta, beta]: mean 1, variance "
+            "beta^2/3. torch.rand draws from [0, 1), so r = beta * (2 * torch.rand(...) - 1). "
+            "Drawing r from [0, beta) shifts the mean to 1 + beta/2; from [-beta/2, beta/2) the "
+            "noise is half as wide as it should be."
+        ),
+        page="dropout",
+        anchor="do-uout",
+        mutants={"uout": ({"interval": "zero_to_beta"}, {"interval": "half_width"})},
+    ),
 )
