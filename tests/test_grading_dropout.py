@@ -425,3 +425,19 @@ def test_unknown_mistake_says_which_property_differs():
     message = str(failure.value)
     assert "No catalogued misconception matches" in message
     assert "factor applied to the kept units: 'another value' (expected '1/(1 - p)')" in message
+
+
+def test_autograd_in_the_backward_pass_is_refused():
+    def forward(x, p, training, generator=None):
+        x = x.detach().requires_grad_()
+        keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+        out = x * keep / (1 - p) if training else x * 1.0
+        return out, (x, out)
+
+    def backward(dout, cache):
+        x, out = cache
+        return torch.autograd.grad(out, x, dout)[0]
+
+    with pytest.raises(CheckFailure, match="dropout_backward used autograd") as failure:
+        do.check_dropout_backward(forward, backward)
+    assert "scores zero" in str(failure.value)

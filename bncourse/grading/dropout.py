@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bncourse.grading.backward import forbid_autograd
 from bncourse.grading.engine import CheckFailure, Result, Task, default_device, draw_seed, run_check
+from bncourse.grading.guard import ReferenceCallError
 from bncourse.nn import backward as reference_backward
 from bncourse.nn import functional as reference_functional
 
@@ -321,7 +323,11 @@ FORWARD = Task(
 
 
 class _Pipeline:
-    """The student's forward and backward passes as one function of (x, p, training, gen, dout)."""
+    """The student's forward and backward passes as one function of (x, p, training, gen, dout).
+
+    The backward pass computes the gradient itself: autograd is refused inside it, as in the
+    batch-norm backward exercise.
+    """
 
     def __init__(self, forward: Callable[..., Any], backward: Callable[..., Any]) -> None:
         self.forward, self.backward = forward, backward
@@ -329,8 +335,18 @@ class _Pipeline:
     def __call__(self, x, p, training, generator, dout):
         value = self.forward(x, p, training, generator)
         out = _forward_pair(value, x)
-        dx = _as_output(self.backward(dout, value[1]), x, "dropout_backward")
-        return out, dx
+        with forbid_autograd("dropout_backward") as guard:
+            try:
+                dx = self.backward(dout, value[1])
+            except ReferenceCallError:
+                raise
+            except Exception:
+                if guard.violations:
+                    raise guard.refuse(guard.violations[0]) from None
+                raise
+        if guard.violations:
+            raise guard.refuse(guard.violations[0])
+        return out, _as_output(dx, x, "dropout_backward")
 
 
 def dropout_pipeline_variant(
