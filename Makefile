@@ -21,14 +21,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -c constraints.txt
 	@touch $@
 
-## Build the book into _build/html, executing every chapter (experiments reuse .cache/ when unchanged).
+# What the chapters' outputs depend on besides their own code cells. Jupyter Book's execution
+# cache (_build/.jupyter_cache) only notices edits to code cells, so it is dropped when these change.
+BOOK_INPUTS := bncourse solutions exercises nbgrader_config.py
+
+## Build the book into _build/html, executing every chapter whose outputs may have changed.
 book: install
-	jupyter-book build $(BOOK_FLAGS) .
+	@hash=$$(find $(BOOK_INPUTS) -type f \( -name '*.py' -o -name '*.ipynb' \) \
+	    -not -path '*/__pycache__/*' -not -path '*/.ipynb_checkpoints/*' -print0 \
+	  | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); \
+	if [ "$$(cat _build/.book-inputs 2>/dev/null)" != "$$hash" ]; then \
+	  rm -rf _build/.jupyter_cache; \
+	fi; \
+	jupyter-book build $(BOOK_FLAGS) .; \
+	echo "$$hash" > _build/.book-inputs
 
 ## Build the book from an empty _build, as CI does.
 book-clean: install
 	rm -rf _build
-	jupyter-book build $(BOOK_FLAGS) .
+	$(MAKE) --no-print-directory book
 
 ## The whole suite: lint, a clean book build, then every test (autograder round trips included).
 test: install
