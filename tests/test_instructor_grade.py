@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from example_course import BIN, make_course, notebook_view, run, submit_kind
+from example_course import BIN, make_course, notebook_view, run, submit_kind, tree_hashes
 from nbgrader.api import Gradebook
 
 from bncourse.cli import main
@@ -96,3 +96,16 @@ def test_grade_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "must be a positive integer" in capsys.readouterr().err
     assert main(["grade", "no_such_assignment", "--course-dir", str(tmp_path)]) == 2
     assert "no_such_assignment" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_assignment_released_without_gradebook_is_added(tmp_path: Path) -> None:
+    root = ec.make_course(tmp_path / "course")
+    nbgrader = str(BIN / "nbgrader")
+    run([nbgrader, "generate_assignment", A, "--no-db"], root)  # what `make release` runs
+    released = tree_hashes(root / "exercises")
+    submit_kind(root, "ann", "correct")
+    proc = run([str(BIN / "bncourse"), "grade", A, "--no-progress"], root)
+    assert f"Added assignment {A} to the gradebook" in proc.stdout
+    assert class_records(_db(root), A)["ann"].score == 5
+    assert tree_hashes(root / "exercises") == released  # registered without re-releasing

@@ -166,7 +166,8 @@ def grade_class(
                 f"no submission of {assignment} in {course.submitted_dir} by: {', '.join(unknown)}"
             )
         students = [s for s in students if s in set(only)]
-    register_students(course, students)
+    if course.config.get("Autograde", {}).get("create_student", True):
+        register_students(course, students)
     report.log_dir = course.root / LOG_DIR / assignment
     report.log_dir.mkdir(parents=True, exist_ok=True)
 

@@ -194,7 +194,8 @@ def _grade(job: GradeJob, result: GradeResult) -> None:
 
     coursedir = CourseDirectory(config=config)
     api = NbGraderAPI(coursedir=coursedir, config=config)
-    outcome = api.autograde(job.assignment, job.student, force=True, create=True)
+    create = config.get("Autograde", {}).get("create_student", True)
+    outcome = api.autograde(job.assignment, job.student, force=True, create=create)
     result.log = outcome.get("log", "") + outcome.get("error", "")
     result.success = bool(outcome["success"])
     autograded = root / "autograded" / job.student / job.assignment
