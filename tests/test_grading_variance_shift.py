@@ -59,7 +59,10 @@ CHECKS = {
         "state": grading.check_recalibration_state,
         "state_conv": functools.partial(grading.check_recalibration_state, layout="conv"),
     },
-    "mlp_placement": {"placement": grading.check_mlp_placement},
+    "mlp_placement": {
+        "placement": grading.check_mlp_placement,
+        "placement_more": functools.partial(grading.check_mlp_placement, more=True),
+    },
 }
 
 # For every catalogued mutant of these tasks: the checks that must fail and name it.
@@ -85,9 +88,9 @@ EXPECTED_FAILURES = {
     ("recal-momentum-kept", "bn_recalibration"): {"stats", "stats_conv"},
     ("recal-bn-not-updated", "bn_recalibration"): {"stats", "stats_conv"},
     ("recal-left-in-training", "bn_recalibration"): {"state", "state_conv"},
-    ("dropout-before-bn", "placement=before_bn"): {"placement"},
-    ("dropout-before-bn", "placement=before_weight"): {"placement"},
-    ("dropout-removed", "mlp_placement"): {"placement"},
+    ("dropout-before-bn", "placement=before_bn"): {"placement", "placement_more"},
+    ("dropout-before-bn", "placement=before_weight"): {"placement", "placement_more"},
+    ("dropout-removed", "mlp_placement"): {"placement", "placement_more"},
 }
 
 
