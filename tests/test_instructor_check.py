@@ -77,3 +77,19 @@ def test_unreadable_notebook_exits_2(course: Path, capsys) -> None:
     assert "is not a valid notebook" in capsys.readouterr().out
     assert main(["check", str(course / "missing.ipynb")]) == 2
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_written_answers_are_not_counted_as_checks(capsys) -> None:
+    path = Path(__file__).resolve().parents[1] / "exercises" / "ps03_dropout" / "ps03_dropout.ipynb"
+    graded = [
+        c.metadata["nbgrader"] for c in nbformat.read(path, 4).cells if "nbgrader" in c.metadata
+    ]
+    tests = [m["grade_id"] for m in graded if m.get("grade") and not m.get("solution")]
+    written = [m["grade_id"] for m in graded if m.get("grade") and m.get("solution")]
+    assert written, "ps03 asks for a written answer, graded by hand"
+    assert main(["check", str(path)]) == 1  # the blank student version
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for grade_id in written:
+        assert rows[grade_id].endswith("no answer yet")
+    assert f"{len(tests)} of {len(tests)} checks failed." in out

@@ -36,6 +36,13 @@ class PartResult:
     max_score: float
     manual: bool
     message: str = ""
+    answered: bool = True
+
+    @property
+    def status(self) -> str:
+        if self.manual:
+            return "graded by hand" if self.answered else "no answer yet"
+        return "pass" if self.passed else "FAIL"
 
     @property
     def passed(self) -> bool:
@@ -54,7 +61,8 @@ def _error_messages(autograded: Path | None) -> dict[tuple[str, str], str]:
             errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
             if grade_id and errors:
                 err = errors[-1]
-                text = f"{err.get('ename', 'Error')}: {err.get('evalue', '')}".strip()
+                name, value = err.get("ename", "Error"), str(err.get("evalue", "")).strip()
+                text = f"{name}: {value}" if value else name
                 messages[(path.stem, grade_id)] = _ANSI.sub("", text)
     return messages
 
@@ -124,13 +132,17 @@ def _grade_in(
     )
     result = worker.grade(job)
     messages = _error_messages(result.autograded)
+    # graded cells that are also answer cells are graded by hand (nbgrader's "manually graded
+    # answer"); an unchanged one gets nbgrader's automatic zero for "no response"
+    written = {c.cell for c in result.record.comments} if result.record else set()
     parts = [
         PartResult(
             notebook=g.notebook,
             part=g.cell,
             score=g.score,
             max_score=g.max_score,
-            manual=g.auto_score is None,
+            manual=g.cell in written,
+            answered=not (g.cell in written and g.auto_score == 0),
             message=messages.get((g.notebook, g.cell), ""),
         )
         for g in (result.record.grades if result.record else [])
@@ -142,8 +154,7 @@ def format_table(parts: list[PartResult]) -> str:
     """The per-part score table."""
     rows = [("part", "points", "max", "result")]
     for p in parts:
-        status = "graded by hand" if p.manual else ("pass" if p.passed else "FAIL")
-        rows.append((p.part, "-" if p.manual else f"{p.score:g}", f"{p.max_score:g}", status))
+        rows.append((p.part, "-" if p.manual else f"{p.score:g}", f"{p.max_score:g}", p.status))
     total = sum(p.score for p in parts if not p.manual)
     top = sum(p.max_score for p in parts)
     rows.append(("total", f"{total:g}", f"{top:g}", ""))
@@ -179,8 +190,12 @@ def check_notebook(
     failed = [p for p in parts if not p.passed]
     for p in failed:
         print(f"\n{p.part}: {p.message or 'no error message'}", file=out)
+    for p in parts:
+        if p.manual and not p.answered:
+            print(f"\n{p.part}: a written answer, graded by hand; it is still empty.", file=out)
     if failed:
-        print(f"\n{len(failed)} of {len(parts)} checks failed.", file=out)
+        checks = sum(1 for p in parts if not p.manual)
+        print(f"\n{len(failed)} of {checks} checks failed.", file=out)
         return 1
     print("\nAll checks passed.", file=out)
     return 0
