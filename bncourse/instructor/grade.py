@@ -235,12 +235,18 @@ def export_grades(course: Course, path: Path) -> Path:
 
 
 def summary_table(report: ClassReport) -> str:
-    """One line per student: score, maximum and any problem found."""
+    """One line per student: score, maximum, any problem found and the answers left to a grader."""
     rows = [("student", "score", "max", "problem")]
     for r in report.results:
         score = f"{r.record.score:g}" if r.record else "-"
         top = f"{r.record.max_score:g}" if r.record else "-"
-        rows.append((r.student, score, top, "; ".join(r.problems) or "-"))
+        notes = list(r.problems)
+        by_hand = sorted(
+            g.cell for g in (r.record.grades if r.record else []) if g.needs_manual_grade
+        )
+        if by_hand:
+            notes.append("to grade by hand: " + ", ".join(by_hand))
+        rows.append((r.student, score, top, "; ".join(notes) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
         f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}"
