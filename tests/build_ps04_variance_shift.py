@@ -304,10 +304,10 @@ p)`, which returns an `nn.Module` that flattens its input, then has `depth` bloc
 `num_classes` outputs, with **one** dropout layer of drop probability `p` placed where it
 regularizes the classifier but no BN layer receives its noise.
 
-The check builds your network, runs it in training mode twice with different random seeds (its BN
-layers switched to evaluation mode, so that nothing depends on the batch) and compares what every
-BN layer receives: it must be the same both times, while the output must differ (dropout is
-active).
+The check builds your network and runs the same input through it in training mode (its BN layers
+switched to evaluation mode, so that nothing depends on the batch) and in evaluation mode. What
+every BN layer receives must be the same both times, while the output must differ (dropout, which
+zeroes and rescales, is active in training).
 """
 
 PLACEMENT_SOLUTION = '''

@@ -16,13 +16,10 @@ run against the checks themselves, without nbgrader, in ``test_grading_variance_
 
 from __future__ import annotations
 
-import itertools
-import re
-from dataclasses import dataclass
-
 import nbformat
 import pytest
 from build_ps04_variance_shift import ASSIGNMENT, POINTS, SOURCE, build
+from combined_submissions import Rewrite, check_graded, side_by_side, student_id
 from nbgrader_course import by_grade_id
 from submissions import BLANK, Graded, answers, autograde_many, edited, read_source, submission
 
@@ -65,26 +62,14 @@ def test_source_notebook_has_graded_cells_and_no_outputs():
 # --- submissions -------------------------------------------------------------------------------
 
 CODE = answers(read_source(ASSIGNMENT))
-GUARD = "this part scores zero until it does"
 
 
-@dataclass(frozen=True)
-class Mistake:
-    """A rewrite of one solution cell, the graded cells it costs and what their feedback says."""
-
-    cell: str
-    code: str
-    lost: frozenset[str]
-    named: str = ""  # the misconception every lost cell's feedback names
-    says: str = ""  # other text every lost cell's feedback contains
+def mutant(cell: str, lost: set[str], named: str, *edits: tuple[str, str]) -> Rewrite:
+    return Rewrite(cell, edited(CODE[cell], *edits), frozenset(lost), named)
 
 
-def mutant(cell: str, lost: set[str], named: str, *edits: tuple[str, str]) -> Mistake:
-    return Mistake(cell, edited(CODE[cell], *edits), frozenset(lost), named)
-
-
-def delegation(cell: str, lost: set[str], code: str, called: str) -> Mistake:
-    return Mistake(cell, code, frozenset(lost), says=f"called {called}")
+def delegation(cell: str, lost: set[str], code: str, called: str) -> Rewrite:
+    return Rewrite(cell, code, frozenset(lost), says=f"called {called}")
 
 
 S, P, R, B = CELLS.values()
@@ -152,7 +137,7 @@ MUTANTS = {
     R: {
         # The look-alike from torch: resets, cumulates, but switches dropout back on (the plain
         # model.train() variant is run against the checks in test_grading_variance_shift.py).
-        "swa-update-bn": Mistake(
+        "swa-update-bn": Rewrite(
             R,
             "torch.optim.swa_utils.update_bn(batches, model)\nmodel.eval()",
             frozenset({RECAL_STATS}),
@@ -362,60 +347,25 @@ ALTERNATIVES = {
 }
 
 
-@dataclass(frozen=True)
-class Submission:
-    """One rewrite (or none) per function, graded together."""
-
-    rewrites: tuple[Mistake, ...]
-
-    @property
-    def code(self) -> dict[str, str]:
-        return {m.cell: m.code for m in self.rewrites}
-
-    @property
-    def lost(self) -> set[str]:
-        return {g for m in self.rewrites for g in m.lost}
-
-    def mistake_costing(self, grade_id: str) -> Mistake | None:
-        return next((m for m in self.rewrites if grade_id in m.lost), None)
+def _rewrites(cell: str) -> dict[str, Rewrite]:
+    """The mutants, delegations and alternatives of one function."""
+    alternatives = {
+        n: Rewrite(cell, code[cell]) for n, code in ALTERNATIVES.items() if cell in code
+    }
+    return {**MUTANTS[cell], **DELEGATIONS[cell], **alternatives}
 
 
-def _rewrites(cell: str) -> list[tuple[str, Mistake]]:
-    """The mutants, delegations and alternatives (rewrites that cost nothing) of one function."""
-    items = list({**MUTANTS[cell], **DELEGATIONS[cell]}.items())
-    items += [
-        (name, Mistake(cell, code[cell], frozenset()))
-        for name, code in ALTERNATIVES.items()
-        if cell in code
-    ]
-    return items
-
-
-def _submissions() -> dict[str, Submission]:
-    """Rewrites of different functions side by side: as many submissions as the function with
-    the most rewrites has."""
-    subs = {}
-    for row in itertools.zip_longest(*(_rewrites(cell) for cell in CELLS.values())):
-        present = [item for item in row if item is not None]
-        subs["+".join(name for name, _ in present)] = Submission(tuple(m for _, m in present))
-    return subs
-
-
-SUBMISSIONS = _submissions()
-
-
-def _student_id(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+ROWS = side_by_side([_rewrites(cell) for cell in CELLS.values()])
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Graded]:
     source = read_source(ASSIGNMENT)
     notebooks = {"solution": submission(source), "blank": BLANK}
-    for name, sub in SUBMISSIONS.items():
-        notebooks[name] = submission(source, sub.code)
+    for name, row in ROWS.items():
+        notebooks[name] = submission(source, row.code)
     root = tmp_path_factory.mktemp(ASSIGNMENT)
-    results = autograde_many(root, ASSIGNMENT, {_student_id(k): v for k, v in notebooks.items()})
+    results = autograde_many(root, ASSIGNMENT, {student_id(k): v for k, v in notebooks.items()})
     seconds = next(iter(results.values())).seconds
     print(f"\n{ASSIGNMENT}: autograde {seconds:.1f} s per submission ({len(results)} submissions)")
     return results
@@ -438,30 +388,11 @@ def test_blank_student_version_scores_zero(graded):
     assert "NotImplementedError" in graded["blank"].outputs[SHIFT]
 
 
-def _expected(lost: set[str]) -> tuple[float, ...]:
-    return tuple(0 if g in lost else POINTS[g] for g in ORDER)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SUBMISSIONS))
+@pytest.mark.parametrize("name", list(ROWS))
 def test_each_rewrite_costs_exactly_its_cells_and_mistakes_are_named(graded, name):
     """Mutants and delegations lose their cells, named there; alternatives lose nothing."""
-    sub = SUBMISSIONS[name]
-    result = graded[_student_id(name)]
-    assert result.score_vector(ORDER) == _expected(sub.lost), result.feedback()
-    for grade_id in ORDER:
-        text = result.outputs[grade_id]
-        named = {m for m in CATALOGUE if f"[{m}]" in text}
-        mistake = sub.mistake_costing(grade_id)
-        if mistake is None:
-            assert not named and "matches the reference" in text, (grade_id, text)
-            continue
-        assert named == ({mistake.named} if mistake.named else set()), (grade_id, text)
-        if mistake.says:
-            assert mistake.says in text and GUARD in text, (grade_id, text)
-        # The feedback shows no expected value: no tensors, no long decimals.
-        assert "tensor(" not in text
-        assert not re.search(r"\d\.\d{4,}", text), text
+    check_graded(ROWS[name], graded[student_id(name)], POINTS)
 
 
 def test_every_catalogued_misconception_of_the_exercise_has_a_mutant():
@@ -471,7 +402,6 @@ def test_every_catalogued_misconception_of_the_exercise_has_a_mutant():
 
 
 def test_every_rewrite_is_graded_once():
-    names = [n for sub in SUBMISSIONS for n in sub.split("+")]
-    expected = [n for cell in CELLS.values() for n, _ in _rewrites(cell)]
-    assert sorted(names) == sorted(expected)
-    assert len(SUBMISSIONS) == max(len(_rewrites(cell)) for cell in CELLS.values())
+    graded = sorted(r.code for row in ROWS.values() for r in row.rewrites)
+    assert graded == sorted(r.code for cell in CELLS.values() for r in _rewrites(cell).values())
+    assert len(ROWS) == max(len(_rewrites(cell)) for cell in CELLS.values())

@@ -9,12 +9,12 @@ Students write a builder with one of these signatures and return an ``nn.Module`
     ``depth`` blocks ``Conv2d(3x3) -> BatchNorm2d -> ReLU`` of ``width`` channels, global average
     pooling, then dropout and a linear classifier.
 
-The checks look at behaviour, not at the code: they build the network, switch its BN layers to
-evaluation mode (so that nothing depends on the batch) and the rest to training mode, run the same
-input twice with different random seeds and compare what every BN layer receives (the same both
-times when no dropout acts before it, so there is no variance shift) and what comes out (different:
-dropout is active in training). They also check the number of BN layers, the output shape, and
-that evaluation mode is deterministic.
+The checks look at behaviour, not at the code: they build the network, run an input through it
+with its BN layers in evaluation mode (so that nothing depends on the batch) and everything else
+in training mode, then run the same input in evaluation mode, and compare what every BN layer
+receives (the same both times when no dropout acts before it, so there is no variance shift) and
+what comes out (different: dropout, which zeroes and rescales, is active in training). They also
+check the number of BN layers, the output shape, and that evaluation mode is deterministic.
 """
 
 from __future__ import annotations
@@ -133,19 +133,19 @@ def _run_builder(fn: Callable[..., Any], case: BuilderCase, function_name: str) 
         model.train()
         for bn in bn_modules(model):
             bn.eval()  # batch statistics would make every BN input depend on the whole batch
-        # Four draws of the noise: with p = 0.05 one draw may happen to drop nothing that
-        # matters, four identical draws of 32 samples each practically never happen.
-        runs = [_inputs_and_outputs(model, case.x, seed) for seed in range(1, 5)]
+        # Inverted dropout both zeroes and rescales (by 1 / (1 - p)) in training mode, so any
+        # dropout upstream changes what a layer receives compared with evaluation mode, whatever
+        # the mask drawn: the comparison does not depend on luck, even for p = 0.05.
+        bn_in_train, out_train = _inputs_and_outputs(model, case.x, 1)
         model.eval()
-        _, eval_1 = _inputs_and_outputs(model, case.x, 5)
-        _, eval_2 = _inputs_and_outputs(model, case.x, 6)
-    (bn_in_1, out_1), others = runs[0], runs[1:]
+        bn_in_eval, out_eval = _inputs_and_outputs(model, case.x, 2)
+        _, out_eval_again = _inputs_and_outputs(model, case.x, 3)
     return {
-        "output_shape": tuple(eval_1.shape),
+        "output_shape": tuple(out_eval.shape),
         "bn_count": len(bn_modules(model)),
-        "bn_inputs_noise_free": all(_same(bn_in_1, bn_in) for bn_in, _ in others),
-        "noisy_in_training": any(not torch.equal(out_1, out) for _, out in others),
-        "deterministic_in_eval": torch.equal(eval_1, eval_2),
+        "bn_inputs_noise_free": _same(bn_in_train, bn_in_eval),
+        "noisy_in_training": not torch.equal(out_train, out_eval),
+        "deterministic_in_eval": torch.equal(out_eval, out_eval_again),
     }
 
 

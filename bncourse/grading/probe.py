@@ -225,7 +225,7 @@ def check_probe_values(
         cases,
         ["moving_var", "real_var", "eval_mode"],
         seed=seed,
-        what=f"the measured variances ({'MLP' if layout == 'dense' else 'CNN'})",
+        what=f"the measurement ({'MLP' if layout == 'dense' else 'CNN'})",
     )
 
 

@@ -210,7 +210,7 @@ def check_recalibration_stats(
         cases,
         ["running_mean", "running_var", "dropout_off"],
         seed=seed,
-        what=f"the recalibrated statistics ({'MLP' if layout == 'dense' else 'CNN'})",
+        what=f"the recalibration ({'MLP' if layout == 'dense' else 'CNN'})",
     )
 
 
