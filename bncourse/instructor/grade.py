@@ -245,7 +245,7 @@ def summary_table(report: ClassReport) -> str:
             g.cell for g in (r.record.grades if r.record else []) if g.needs_manual_grade
         )
         if by_hand:
-            notes.append("to grade by hand: " + ", ".join(by_hand))
+            notes.append("needs manual grading: " + ", ".join(by_hand))
         rows.append((r.student, score, top, "; ".join(notes) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
