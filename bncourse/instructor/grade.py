@@ -244,7 +244,7 @@ def summary_table(report: ClassReport) -> str:
         by_hand = sorted(
             g.cell for g in (r.record.grades if r.record else []) if g.needs_manual_grade
         )
-        if by_hand:
+        if by_hand and r.success:  # nbgrader flags every cell of a failed submission
             notes.append("needs manual grading: " + ", ".join(by_hand))
         rows.append((r.student, score, top, "; ".join(notes) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
