@@ -42,6 +42,7 @@ from bncourse.grading.guard import ReferenceCallError, forbid_reference
 from bncourse.grading.placement import check_cnn_placement, check_mlp_placement
 from bncourse.grading.probe import check_probe_side_effects, check_probe_values
 from bncourse.grading.recalibration import check_recalibration_state, check_recalibration_stats
+from bncourse.grading.train_eval import check_evaluate, check_evaluate_restores_modes, check_predict
 from bncourse.grading.variance_shift import check_variance_shift
 
 __all__ = [
@@ -63,7 +64,10 @@ __all__ = [
     "check_dropout_train",
     "check_gaussian_dropout",
     "check_uout",
+    "check_evaluate",
+    "check_evaluate_restores_modes",
     "check_mlp_placement",
+    "check_predict",
     "check_probe_side_effects",
     "check_probe_values",
     "check_recalibration_state",

@@ -427,7 +427,11 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         ),
         page="batchnorm",
         anchor="bn-no-grad",
-        mutants={"variance_probe": ({"restore": False},)},
+        mutants={
+            "variance_probe": ({"restore": False},),
+            "evaluate": ({"restore": False},),
+            "predict": ({"restore": False},),
+        },
     ),
     Misconception(
         name="hooks-not-removed",
@@ -518,6 +522,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         anchor="vs-remedies",
         mutants={
             "mlp_placement": ({"placement": "before_bn"}, {"placement": "before_weight"}),
+            "cnn_placement": ({"placement": "before_bn"}, {"placement": "before_weight"}),
         },
     ),
     Misconception(
@@ -531,7 +536,10 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         ),
         page="variance_shift_remedies",
         anchor="vs-remedies",
-        mutants={"mlp_placement": ({"placement": "none"},)},
+        mutants={
+            "mlp_placement": ({"placement": "none"},),
+            "cnn_placement": ({"placement": "none"},),
+        },
     ),
     Misconception(
         name="dropout-no-scaling",
@@ -647,5 +655,62 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         page="dropout",
         anchor="do-uout",
         mutants={"uout": ({"interval": "zero_to_beta"}, {"interval": "half_width"})},
+    ),
+    # --- ps05_train_vs_eval: evaluation code debugged ---
+    Misconception(
+        name="eval-forgotten",
+        title="model.eval() forgotten at test time",
+        feedback=(
+            "Code that evaluates or predicts must call model.eval(). In training mode dropout "
+            "keeps dropping units (the accuracy changes from one call to the next), BN "
+            "normalizes each batch with its own statistics (and refuses a batch of one), and "
+            "every forward pass overwrites BN's running statistics with test data. "
+            "torch.no_grad() only stops recording gradients; it changes no layer's mode. Put "
+            "the flags back afterwards, since the caller may be in the middle of training."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"evaluate": ({"switch": "none"},), "predict": ({"mode": "train"},)},
+    ),
+    Misconception(
+        name="dropout-on-at-test",
+        title="dropout left on at test time",
+        feedback=(
+            "Switching only the BN layers to evaluation mode leaves dropout dropping units at "
+            "test time: predictions become random and the accuracy changes from one call to the "
+            "next. model.eval() switches every layer at once; inverted dropout is then the "
+            "identity."
+        ),
+        page="dropout",
+        anchor="do-eval",
+        mutants={"evaluate": ({"switch": "bn_only"},)},
+    ),
+    Misconception(
+        name="bn-train-mode-at-test",
+        title="BN left in training mode at test time",
+        feedback=(
+            "A BN layer in training mode at test time normalizes each test batch with that "
+            "batch's own statistics, so a prediction depends on the other samples of the batch, "
+            "and it overwrites its running statistics with test data. Switching layers one type "
+            "at a time misses some (isinstance(m, nn.BatchNorm1d) does not catch BatchNorm2d); "
+            "model.eval() switches them all."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"evaluate": ({"switch": "dropout_only"}, {"switch": "bn1d_only"})},
+    ),
+    Misconception(
+        name="batch-of-one-padded",
+        title="a batch of one padded in training mode",
+        feedback=(
+            "BN refuses a batch of one in training mode because a single value per channel has "
+            "no variance. Duplicating the sample silences the error but normalizes the sample "
+            "against itself: every normalized value becomes 0, every sample gets the same "
+            "prediction, and the running statistics are overwritten. At test time the network "
+            "belongs in evaluation mode, where a batch of one is fine."
+        ),
+        page="batchnorm",
+        anchor="bn-batch-of-one",
+        mutants={"predict": ({"mode": "train", "duplicate": True},)},
     ),
 )
