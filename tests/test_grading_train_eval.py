@@ -143,6 +143,14 @@ def test_a_batch_of_one_in_training_mode_is_refused_by_batch_norm():
         predict_variant(copy.deepcopy(case.model), case.calls[0], mode="train")
 
 
+def test_references_and_alternatives_pass_on_every_device(device):
+    """The networks, inputs and students' runs live on ``device`` (CUDA where there is one)."""
+    for task, checks in CHECKS.items():
+        for check in checks.values():
+            for student in [VARIANTS[task], *ALTERNATIVES[task]]:
+                check(student, seed=7, device=device)
+
+
 # --- sound fixes written differently ------------------------------------------------------------
 
 

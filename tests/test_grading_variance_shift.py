@@ -149,6 +149,15 @@ def test_checks_pass_the_references_with_seeds_drawn_now(capsys):
     assert capsys.readouterr().out.count("matches the reference") == sum(map(len, CHECKS.values()))
 
 
+def test_references_and_alternatives_pass_on_every_device(device):
+    """The networks, inputs and students' runs live on ``device`` (CUDA where there is one)."""
+    for task, checks in CHECKS.items():
+        for check in checks.values():
+            for student in [VARIANTS[task], *ALTERNATIVES[task]]:
+                kwargs = {} if task == "variance_shift" else {"device": device}
+                check(student, seed=7, **kwargs)
+
+
 # --- sound implementations written differently -------------------------------------------------
 
 

@@ -133,6 +133,12 @@ def _run_builder(fn: Callable[..., Any], case: BuilderCase, function_name: str) 
         model.train()
         for bn in bn_modules(model):
             bn.eval()  # batch statistics would make every BN input depend on the whole batch
+            if getattr(bn, "bias", None) is not None:
+                # A freshly initialised narrow network can have every ReLU after some block
+                # silent on every sample, and then dropout after it changes nothing. Shifting
+                # BN's output up by 1 keeps the units alive.
+                with torch.no_grad():
+                    bn.bias.fill_(1.0)
         # Inverted dropout both zeroes and rescales (by 1 / (1 - p)) in training mode, so any
         # dropout upstream changes what a layer receives compared with evaluation mode, whatever
         # the mask drawn: the comparison does not depend on luck, even for p = 0.05.
