@@ -401,3 +401,40 @@ def test_the_shift_reference_is_the_theory_in_the_drop_convention():
     assert variance_shift_variant(0.3, 1.5, 0.7) == pytest.approx(
         theory.dropout_shift(0.3, 1.5, 0.7)
     )
+
+
+# --- the guard's named reference modules ---------------------------------------------------------
+
+
+def test_the_guard_refuses_calls_into_a_named_module_and_remembers_hidden_ones():
+    import sys
+
+    from bncourse.grading import ReferenceCallError, forbid_reference
+
+    before = sys.getprofile()
+    with forbid_reference("f", torch_layers=False, references=("bncourse.theory",)) as guard:
+        with pytest.raises(ReferenceCallError, match="f called bncourse.theory.dropout_shift"):
+            theory.dropout_shift(0.3)
+        torch.nn.functional.dropout(torch.ones(3), 0.5)  # torch's layers are allowed here
+    assert guard.violations == ["bncourse.theory.dropout_shift"]
+    assert sys.getprofile() is before
+
+
+def test_importing_a_named_module_inside_the_guard_is_no_call():
+    import importlib
+
+    from bncourse.grading import forbid_reference
+
+    with forbid_reference("f", references=("bncourse.theory",)) as guard:
+        importlib.reload(theory)  # runs the module's body: definitions, no call of its functions
+    assert guard.violations == []
+    assert theory.dropout_shift(0.3) == pytest.approx(0.7)
+
+
+def test_the_guard_names_only_modules_of_the_course():
+    from bncourse.grading import forbid_reference
+
+    for name in ("torch.optim.swa_utils", "bncourse.no_such_module"):
+        with pytest.raises(ValueError, match="references|no module"):
+            with forbid_reference("f", references=(name,)):
+                pass
