@@ -438,3 +438,15 @@ def test_the_guard_names_only_modules_of_the_course():
         with pytest.raises(ValueError, match="references|no module"):
             with forbid_reference("f", references=(name,)):
                 pass
+
+
+def test_grading_does_not_import_the_lab():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bncourse.grading; "
+        "print(sorted(m for m in sys.modules if m.startswith('bncourse.lab')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

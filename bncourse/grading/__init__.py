@@ -14,6 +14,13 @@ topic (:mod:`~bncourse.grading.batchnorm`). A new graded function is a new
 :class:`~bncourse.grading.engine.Task` (how to call it and what to read back, its reference, a
 variant function whose keyword flags make each catalogued mistake) plus catalogue entries, or
 extra ``mutants`` on existing entries, keyed by the task's name.
+
+Functions that take a whole network (:mod:`~bncourse.grading.probe`,
+:mod:`~bncourse.grading.recalibration`, :mod:`~bncourse.grading.train_eval`,
+:mod:`~bncourse.grading.placement`) are checked on small networks built from ``torch.nn`` by
+:mod:`~bncourse.grading.networks`, which also records what the function did to them; their tasks
+let torch's layers run and refuse only the course modules that hold their reference. Grading
+imports :mod:`bncourse.nn` and :mod:`bncourse.theory`, never :mod:`bncourse.lab`.
 """
 
 from bncourse.grading.backward import (
