@@ -26,7 +26,14 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from bncourse.grading.batchnorm import BatchNormCase, draw_cases
-from bncourse.grading.engine import CheckFailure, Result, Task, default_device, draw_seed, run_check
+from bncourse.grading.engine import (
+    CheckFailure,
+    Result,
+    Task,
+    draw_seed,
+    resolve_device,
+    run_check,
+)
 from bncourse.grading.guard import ReferenceCallError
 from bncourse.nn import functional as reference_functional
 
@@ -314,7 +321,7 @@ NUMERIC = Task(
 def _cases(
     specs: Sequence, seed: int, device: torch.device | str | None, dtype: torch.dtype
 ) -> list[BatchNormCase]:
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     return draw_cases(specs, seed=seed, device=device, dtype=dtype, gradients=True)
 
 

@@ -29,8 +29,8 @@ from bncourse.grading.engine import (
     CheckFailure,
     Result,
     Task,
-    default_device,
     draw_seed,
+    resolve_device,
     run_check,
 )
 from bncourse.nn import functional as reference_functional
@@ -123,7 +123,7 @@ def draw_cases(
     gradients: bool = False,
 ) -> list[BatchNormCase]:
     """Inputs whose channels have a mean in [-1.5, 1.5] and a standard deviation in [0.3, 3]."""
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(low: float, high: float, *shape: int) -> Tensor:
@@ -410,10 +410,6 @@ EVAL = Task(
 )
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device) if device is not None else default_device()
-
-
 def check_batchnorm_train(
     fn: Callable[..., Tensor],
     *,
@@ -424,7 +420,7 @@ def check_batchnorm_train(
     """The training-mode output of ``batchnorm_forward_train`` on (N, C) inputs, tiny batches included."""
     __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(TRAIN_SPECS, seed=seed, device=_device(device), dtype=dtype)
+    cases = draw_cases(TRAIN_SPECS, seed=seed, device=device, dtype=dtype)
     run_check(
         TRAIN, fn, cases, ["output"], seed=seed, what="the training-mode output for (N, C) input"
     )
@@ -440,7 +436,7 @@ def check_running_update(
     """The running statistics ``batchnorm_forward_train`` leaves after one step on (N, C) inputs."""
     __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(TRAIN_SPECS, seed=seed, device=_device(device), dtype=dtype)
+    cases = draw_cases(TRAIN_SPECS, seed=seed, device=device, dtype=dtype)
     run_check(
         TRAIN,
         fn,
@@ -461,7 +457,7 @@ def check_conv_layout(
     """A whole training step of ``batchnorm_forward_train`` on (N, C, L) and (N, C, H, W) inputs."""
     __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(CONV_SPECS, seed=seed, device=_device(device), dtype=dtype)
+    cases = draw_cases(CONV_SPECS, seed=seed, device=device, dtype=dtype)
     run_check(
         TRAIN,
         fn,
@@ -486,7 +482,7 @@ def check_batchnorm_gradients(
     # values are +-1 whatever x is), so only round-off would be compared: use n >= 4. (N, C)
     # input only: the conv layout has its own check.
     specs = TRAIN_SPECS[2:]
-    cases = draw_cases(specs, seed=seed, device=_device(device), dtype=dtype, gradients=True)
+    cases = draw_cases(specs, seed=seed, device=device, dtype=dtype, gradients=True)
     run_check(
         TRAIN,
         fn,
@@ -507,7 +503,7 @@ def check_batchnorm_eval(
     """``batchnorm_forward_eval`` on (N, C), (N, C, L), (N, C, H, W) inputs, batches of one included."""
     __tracebackhide__ = True  # tracebacks show the check\'s message, not its internals
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(EVAL_SPECS, seed=seed, device=_device(device), dtype=dtype)
+    cases = draw_cases(EVAL_SPECS, seed=seed, device=device, dtype=dtype)
     run_check(
         EVAL,
         fn,

@@ -35,7 +35,14 @@ import torch
 from torch import Tensor
 
 from bncourse.grading.backward import forbid_autograd
-from bncourse.grading.engine import CheckFailure, Result, Task, default_device, draw_seed, run_check
+from bncourse.grading.engine import (
+    CheckFailure,
+    Result,
+    Task,
+    draw_seed,
+    resolve_device,
+    run_check,
+)
 from bncourse.grading.guard import ReferenceCallError
 from bncourse.nn import backward as reference_backward
 from bncourse.nn import functional as reference_functional
@@ -122,7 +129,7 @@ def draw_cases(
     rate_name: str = "p",
 ) -> list[DropoutCase]:
     """Inputs with |x| in [0.5, 2] and either sign (never 0, so out / x is the noise)."""
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
 
     def away_from_zero(shape: tuple[int, ...]) -> Tensor:
@@ -538,10 +545,6 @@ UOUT = Task(
 # --- the checks ------------------------------------------------------------------------------
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device) if device is not None else default_device()
-
-
 def check_dropout_train(
     fn: Callable[..., Any],
     *,
@@ -552,7 +555,7 @@ def check_dropout_train(
     """``dropout_forward`` in training mode: which units are zeroed, how the others are scaled."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(TRAIN_SPECS, training=True, seed=seed, device=_device(device), dtype=dtype)
+    cases = draw_cases(TRAIN_SPECS, training=True, seed=seed, device=device, dtype=dtype)
     run_check(
         FORWARD,
         fn,
@@ -573,7 +576,7 @@ def check_dropout_eval(
     """``dropout_forward`` in evaluation mode, a batch of one included."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(EVAL_SPECS, training=False, seed=seed, device=_device(device), dtype=dtype)
+    cases = draw_cases(EVAL_SPECS, training=False, seed=seed, device=device, dtype=dtype)
     run_check(
         FORWARD,
         fn,
@@ -598,7 +601,6 @@ def check_dropout_backward(
         if not callable(f):
             raise CheckFailure(f"expected the function {name}, got {type(f).__name__}")
     seed = draw_seed() if seed is None else seed
-    device = _device(device)
     cases = draw_cases(
         TRAIN_SPECS, training=True, seed=seed, device=device, dtype=dtype, gradients=True
     ) + draw_cases(
@@ -624,7 +626,6 @@ def check_gaussian_dropout(
     """``gaussian_dropout`` in training mode (the noise's distribution) and evaluation mode."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
-    device = _device(device)
     cases = draw_cases(
         GAUSSIAN_SPECS, training=True, seed=seed, device=device, dtype=dtype
     ) + draw_cases(EVAL_SPECS[:2], training=False, seed=seed + 1, device=device, dtype=dtype)
@@ -648,7 +649,6 @@ def check_uout(
     """``uout`` in training mode (the noise's distribution) and evaluation mode."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
-    device = _device(device)
     train = draw_cases(
         UOUT_SPECS, training=True, seed=seed, device=device, dtype=dtype, rate_name="beta"
     )

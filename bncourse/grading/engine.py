@@ -31,6 +31,7 @@ __all__ = [
     "default_device",
     "draw_seed",
     "mutants_for",
+    "resolve_device",
     "run_check",
 ]
 
@@ -56,6 +57,11 @@ class Case(Protocol):
 def default_device() -> torch.device:
     """The device checks run on when none is given: CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device``, or :func:`default_device` when it is None."""
+    return torch.device(device) if device is not None else default_device()
 
 
 def draw_seed() -> int:

@@ -38,7 +38,6 @@ __all__ = [
     "draw_inputs",
     "noise_modules",
     "no_tf32",
-    "resolve_device",
     "uniform",
 ]
 
@@ -61,13 +60,6 @@ def noise_modules(model: nn.Module) -> list[nn.Module]:
 def uniform(gen: torch.Generator, low: float, high: float, *shape: int) -> Tensor:
     """Uniform values in ``[low, high)`` drawn on the CPU from ``gen`` (float32)."""
     return low + (high - low) * torch.rand(shape, generator=gen)
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """``device``, or CUDA when available and the CPU otherwise."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def draw_inputs(gen: torch.Generator, shape: Sequence[int], count: int = 1) -> list[Tensor]:

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncourse.grading.engine import CheckFailure, Result, Task, default_device, draw_seed, run_check
+from bncourse.grading.engine import (
+    CheckFailure,
+    Result,
+    Task,
+    draw_seed,
+    resolve_device,
+    run_check,
+)
 from bncourse.grading.networks import bn_modules, no_tf32
 
 __all__ = [
@@ -85,7 +92,7 @@ def draw_builder_cases(
     """The builder's arguments and an input batch of 32 for each spec of ``layout``."""
     if layout not in ("dense", "conv"):
         raise ValueError(f"layout must be 'dense' or 'conv', got {layout!r}")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for i, spec in enumerate(BUILDER_SPECS[layout + ("_more" if more else "")]):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncourse.grading.engine import CheckFailure, Result, Task, draw_seed, run_check
+from bncourse.grading.engine import CheckFailure, Result, Task, draw_seed, resolve_device, run_check
 from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
@@ -33,7 +33,6 @@ from bncourse.grading.networks import (
     draw_network,
     fresh_copy,
     no_tf32,
-    resolve_device,
 )
 
 __all__ = [

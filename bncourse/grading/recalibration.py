@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from bncourse.grading.compare import Tolerance
-from bncourse.grading.engine import Result, Task, draw_seed, run_check
+from bncourse.grading.engine import Result, Task, draw_seed, resolve_device, run_check
 from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
@@ -32,7 +32,6 @@ from bncourse.grading.networks import (
     draw_network,
     fresh_copy,
     no_tf32,
-    resolve_device,
     uniform,
 )
 

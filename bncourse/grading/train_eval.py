@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncourse.grading.engine import CheckFailure, Result, Task, draw_seed, run_check
+from bncourse.grading.engine import CheckFailure, Result, Task, draw_seed, resolve_device, run_check
 from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
@@ -38,7 +38,6 @@ from bncourse.grading.networks import (
     fresh_copy,
     no_tf32,
     noise_modules,
-    resolve_device,
 )
 
 __all__ = [
