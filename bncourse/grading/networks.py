@@ -35,11 +35,18 @@ __all__ = [
     "bn_modules",
     "draw_network",
     "fresh_copy",
+    "describe_part",
     "draw_inputs",
     "noise_modules",
     "no_tf32",
     "uniform",
 ]
+
+
+def describe_part(layout: str, part: str) -> str:
+    """What a check's success or failure line calls its part, e.g. "the recalibration (MLP)"."""
+    return f"{part} ({'MLP' if layout == 'dense' else 'CNN'})"
+
 
 #: Batch-norm layers of torch and of the course (a student's model may hold either).
 BN_TYPES = (nn.modules.batchnorm._BatchNorm, bnn.modules._BatchNorm)

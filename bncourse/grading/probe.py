@@ -29,6 +29,7 @@ from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
     bn_modules,
+    describe_part,
     draw_inputs,
     draw_network,
     fresh_copy,
@@ -224,7 +225,7 @@ def check_probe_values(
         cases,
         ["moving_var", "real_var", "eval_mode"],
         seed=seed,
-        what=f"the measurement ({'MLP' if layout == 'dense' else 'CNN'})",
+        what=describe_part(layout, "the measurement"),
     )
 
 
@@ -245,5 +246,5 @@ def check_probe_side_effects(
         cases,
         ["modes_restored", "hooks_removed", "model_unchanged"],
         seed=seed,
-        what=f"the network after probing ({'MLP' if layout == 'dense' else 'CNN'})",
+        what=describe_part(layout, "the network after probing"),
     )

@@ -28,6 +28,7 @@ from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
     bn_modules,
+    describe_part,
     draw_inputs,
     draw_network,
     fresh_copy,
@@ -209,7 +210,7 @@ def check_recalibration_stats(
         cases,
         ["running_mean", "running_var", "dropout_off"],
         seed=seed,
-        what=f"the recalibration ({'MLP' if layout == 'dense' else 'CNN'})",
+        what=describe_part(layout, "the recalibration"),
     )
 
 
@@ -230,5 +231,5 @@ def check_recalibration_state(
         cases,
         ["eval_after", "weights_unchanged"],
         seed=seed,
-        what=f"the network after recalibration ({'MLP' if layout == 'dense' else 'CNN'})",
+        what=describe_part(layout, "the network after recalibration"),
     )

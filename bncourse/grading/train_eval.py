@@ -33,6 +33,7 @@ from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
     bn_modules,
+    describe_part,
     draw_inputs,
     draw_network,
     fresh_copy,
@@ -233,10 +234,6 @@ EVALUATE = Task(
 )
 
 
-def _what(layout: str, part: str) -> str:
-    return f"{part} ({'MLP' if layout == 'dense' else 'CNN'})"
-
-
 def check_evaluate(
     fn: Callable[..., float],
     *,
@@ -255,7 +252,7 @@ def check_evaluate(
         cases,
         ["accuracy", "dropout_off", "bn_eval", "buffers_unchanged"],
         seed=seed,
-        what=_what(layout, "the evaluation"),
+        what=describe_part(layout, "the evaluation"),
     )
 
 
@@ -276,7 +273,7 @@ def check_evaluate_restores_modes(
         cases,
         ["mode_restored"],
         seed=seed,
-        what=_what(layout, "restoring the train/eval flags"),
+        what=describe_part(layout, "restoring the train/eval flags"),
     )
 
 
