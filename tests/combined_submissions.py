@@ -15,12 +15,22 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from submissions import Graded
+from submissions import BLANK, Graded, autograde_many, read_source, submission
 
 from bncourse.grading import CATALOGUE
 
-__all__ = ["GUARD", "Rewrite", "Row", "check_graded", "side_by_side", "student_id"]
+__all__ = [
+    "GUARD",
+    "Rewrite",
+    "Row",
+    "check_graded",
+    "grade_side_by_side",
+    "rewrites_of",
+    "side_by_side",
+    "student_id",
+]
 
 #: What the guard's refusal says in every cell it costs.
 GUARD = "this part scores zero until it does"
@@ -91,3 +101,29 @@ def check_graded(row: Row, result: Graded, points: Mapping[str, float]) -> None:
             assert rewrite.says in text and GUARD in text, (grade_id, text)
         assert "tensor(" not in text, (grade_id, text)
         assert not re.search(r"\d\.\d{4,}", text), (grade_id, text)
+
+
+def rewrites_of(
+    cell: str,
+    mutants: Mapping[str, Mapping[str, Rewrite]],
+    delegations: Mapping[str, Mapping[str, Rewrite]],
+    alternatives: Mapping[str, Mapping[str, str]],
+) -> dict[str, Rewrite]:
+    """The mutants, delegations and alternatives (name -> {cell: code}) of one solution cell."""
+    others = {n: Rewrite(cell, code[cell]) for n, code in alternatives.items() if cell in code}
+    return {**mutants[cell], **delegations[cell], **others}
+
+
+def grade_side_by_side(root: Path, assignment: str, rows: Mapping[str, Row]) -> dict[str, Graded]:
+    """Autograde the solution, the blank student version and one submission per row in ``root``.
+
+    Results are keyed by :func:`student_id` of ``"solution"``, ``"blank"`` and each row's name.
+    """
+    source = read_source(assignment)
+    notebooks = {"solution": submission(source), "blank": BLANK}
+    for name, row in rows.items():
+        notebooks[name] = submission(source, row.code)
+    results = autograde_many(root, assignment, {student_id(k): v for k, v in notebooks.items()})
+    seconds = next(iter(results.values())).seconds
+    print(f"\n{assignment}: autograde {seconds:.1f} s per submission ({len(results)} submissions)")
+    return results

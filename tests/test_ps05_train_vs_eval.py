@@ -15,9 +15,16 @@ from __future__ import annotations
 import nbformat
 import pytest
 from build_ps05_train_vs_eval import ASSIGNMENT, POINTS, SOURCE, build
-from combined_submissions import Rewrite, check_graded, side_by_side, student_id
+from combined_submissions import (
+    Rewrite,
+    check_graded,
+    grade_side_by_side,
+    rewrites_of,
+    side_by_side,
+    student_id,
+)
 from nbgrader_course import by_grade_id
-from submissions import BLANK, Graded, answers, autograde_many, edited, read_source, submission
+from submissions import Graded, answers, edited, read_source
 
 from bncourse.grading import CATALOGUE
 
@@ -247,10 +254,7 @@ ALTERNATIVES = {
 
 def _rewrites(cell: str) -> dict[str, Rewrite]:
     """The mutants, delegations and alternatives of one function."""
-    alternatives = {
-        n: Rewrite(cell, code[cell]) for n, code in ALTERNATIVES.items() if cell in code
-    }
-    return {**MUTANTS[cell], **DELEGATIONS[cell], **alternatives}
+    return rewrites_of(cell, MUTANTS, DELEGATIONS, ALTERNATIVES)
 
 
 ROWS = side_by_side([_rewrites(cell) for cell in CELLS.values()])
@@ -258,15 +262,7 @@ ROWS = side_by_side([_rewrites(cell) for cell in CELLS.values()])
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Graded]:
-    source = read_source(ASSIGNMENT)
-    notebooks = {"solution": submission(source), "blank": BLANK}
-    for name, row in ROWS.items():
-        notebooks[name] = submission(source, row.code)
-    root = tmp_path_factory.mktemp(ASSIGNMENT)
-    results = autograde_many(root, ASSIGNMENT, {student_id(k): v for k, v in notebooks.items()})
-    seconds = next(iter(results.values())).seconds
-    print(f"\n{ASSIGNMENT}: autograde {seconds:.1f} s per submission ({len(results)} submissions)")
-    return results
+    return grade_side_by_side(tmp_path_factory.mktemp(ASSIGNMENT), ASSIGNMENT, ROWS)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:Object of type:sqlalchemy.exc.SAWarning")
