@@ -30,3 +30,22 @@ c.ExecutePreprocessor.kernel_name = "python3"
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 # A deleted test cell is put back (and graded) instead of silently scoring zero.
 c.OverwriteCells.add_missing_cells = True
+# Student code runs in a sandboxed kernel (bubblewrap); every autograded test cell runs in the
+# grader's process against stand-ins of the notebook's functions, so the score is computed where
+# student code never ran (bncourse/trusted/). Limits: c.Sandbox.memory_limit and friends.
+c.Autograde.autograde_preprocessors = [
+    "bncourse.trusted.execute.TrustedExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+# Feedback never shows hidden tests.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+    "nbgrader.preprocessors.ClearHiddenTests",
+]
+c.Sandbox.memory_limit = 4 * 2**30

@@ -34,7 +34,7 @@ from bncourse.grading.engine import (
     resolve_device,
     run_check,
 )
-from bncourse.grading.guard import ReferenceCallError
+from bncourse.grading.guard import ReferenceCallError, registered_guard
 from bncourse.nn import functional as reference_functional
 
 __all__ = [
@@ -117,7 +117,11 @@ def forbid_autograd(what: str = "the graded function") -> Iterator[_AutogradGuar
     def pack(tensor: Tensor) -> Tensor:
         raise guard.refuse("it built a graph on a tensor that requires grad")
 
-    with guard, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with (
+        registered_guard({"kind": "autograd", "what": what}, guard),
+        guard,
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+    ):
         yield guard
 
 

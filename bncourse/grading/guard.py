@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from torch.overrides import TorchFunctionMode
@@ -32,7 +33,36 @@ from torch.overrides import TorchFunctionMode
 import bncourse
 import bncourse.nn
 
-__all__ = ["FORBIDDEN_TORCH_FUNCTIONS", "ReferenceCallError", "forbid_reference"]
+__all__ = [
+    "FORBIDDEN_TORCH_FUNCTIONS",
+    "ReferenceCallError",
+    "active_guards",
+    "forbid_reference",
+    "registered_guard",
+]
+
+_ACTIVE: ContextVar[tuple[tuple[dict[str, Any], Any], ...]] = ContextVar(
+    "bncourse_active_guards", default=()
+)
+
+
+def active_guards() -> list[tuple[dict[str, Any], Any]]:
+    """The guards active here, innermost last, each as (a spec to set it up again, the guard).
+
+    When a check calls a function that runs in another process (a sandboxed kernel), the spec
+    lets that process guard the call the same way and the guard receives its refusals.
+    """
+    return list(_ACTIVE.get())
+
+
+@contextmanager
+def registered_guard(spec: dict[str, Any], guard: Any) -> Iterator[None]:
+    """Make ``guard`` one of :func:`active_guards` while the enclosed code runs."""
+    token = _ACTIVE.set((*_ACTIVE.get(), (spec, guard)))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 # Names of torch functions (Python API, ``torch.ops.aten`` overloads and their kernels) that
 # compute a normalization or a dropout in one call. Layer, group, RMS and instance norm are here
@@ -188,17 +218,24 @@ def forbid_reference(
     empty.
     """
     guard = _Guard(what, [_module_file(name) for name in references])
+    spec = {
+        "kind": "reference",
+        "what": what,
+        "torch_layers": torch_layers,
+        "references": list(references),
+    }
     previous = sys.getprofile()
     if guard.files:
         # A profile function that raises is switched off by Python: the violation is recorded
         # first, and the previous one is put back on exit either way.
         sys.setprofile(guard.profile)
     try:
-        if torch_layers:
-            with guard:
+        with registered_guard(spec, guard):
+            if torch_layers:
+                with guard:
+                    yield guard
+            else:  # torch functions pass unexamined: no need to route them through the mode
                 yield guard
-        else:  # torch functions pass unexamined: no need to route them through the mode
-            yield guard
     finally:
         if guard.files:
             sys.setprofile(previous)

@@ -1,0 +1,314 @@
+"""nbgrader's execution step, made trustworthy: the submission runs sandboxed, the tests run here.
+
+:class:`TrustedExecute` replaces nbgrader's ``Execute`` in ``Autograde.autograde_preprocessors``.
+It runs the submission's own cells, in order, in a kernel started in the sandbox
+(:mod:`bncourse.trusted.sandbox`). It never sends a test cell to that kernel: the source of each
+autograded test cell, taken from the gradebook (the instructor's version, hidden tests
+included), runs in this process, with every name the cell takes from the notebook bound to a
+stand-in that calls the kernel (:mod:`bncourse.trusted.proxies`). The checks draw their inputs,
+compute the reference and compare here, so the cell's outputs, and the score nbgrader's
+``SaveAutoGrades`` derives from them, are this process's verdict. A submission that patches
+the checks, their modules, imports, comparisons or IPython only changes its own kernel.
+
+Then, for the record, the visible part of the test cell also runs in the kernel, as plain
+nbgrader would run it: where that run passes and the trusted one fails, the report says the
+notebook reported a pass the trusted check did not reproduce. The report (``report_path``,
+JSON lines) also lists the routes around the checks that the static scan found
+(:mod:`bncourse.trusted.scan`) and whether the kernel was sandboxed.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nbclient.exceptions import DeadKernelError
+from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell, new_output
+from nbgrader.preprocessors import Execute
+from traitlets import Bool, Unicode
+
+from bncourse.trusted.proxies import Kernel, KernelError
+from bncourse.trusted.sandbox import (
+    Sandbox,
+    SandboxedKernelManager,
+    SandboxUnavailable,
+    prepare_folder,
+    unavailable_reason,
+)
+from bncourse.trusted.scan import scan_cells
+
+__all__ = ["TrustedExecute", "strip_hidden_tests"]
+
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+
+
+def strip_hidden_tests(source: str) -> str:
+    """``source`` without its hidden-test blocks (what the student version shows)."""
+    lines, hidden = [], False
+    for line in source.splitlines():
+        if BEGIN_HIDDEN in line:
+            hidden = True
+        elif END_HIDDEN in line:
+            hidden = False
+        elif not hidden:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _error_output(ename: str, evalue: str, notes: list[str] = ()) -> NotebookNode:
+    lines = [f"\x1b[0;31m{ename}\x1b[0m: {evalue}", *notes]
+    return new_output("error", ename=ename, evalue=evalue, traceback=lines)
+
+
+def _free_names(source: str) -> set[str]:
+    """Names ``source`` reads without binding them itself (what it takes from the notebook)."""
+    tree = ast.parse(source)
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return {n for n in loaded - bound if not hasattr(builtins, n)}
+
+
+class TrustedExecute(Execute):
+    """``Execute`` with the submission sandboxed and the test cells run in the grader."""
+
+    compare_in_kernel = Bool(
+        True,
+        help="Also run the visible part of each test cell in the kernel, to report notebooks "
+        "whose own run passes where the trusted check fails.",
+    ).tag(config=True)
+    report_path = Unicode(
+        "", help="Append findings (JSON lines) to this file; empty: log them as warnings."
+    ).tag(config=True)
+
+    def preprocess(self, nb: NotebookNode, resources: Any = None, km: Any = None):
+        self._settings = Sandbox(parent=self)
+        reason = unavailable_reason(self._settings.bwrap)
+        if reason and not self._settings.allow_unsandboxed:
+            raise SandboxUnavailable(
+                f"{reason}. Student code is only graded in a sandbox; set "
+                "c.Sandbox.allow_unsandboxed = True (or pass --allow-unsandboxed to bncourse "
+                "grade) to grade without one."
+            )
+        self._sandboxed = reason is None
+        info = (resources or {}).get("nbgrader", {})
+        self._notebook_id = info.get("notebook", "")
+        self._student = info.get("student", "")
+        self._tests = self._test_sources(info)
+        self._findings: list[dict[str, Any]] = []
+        if not self._sandboxed:
+            self._finding("unsandboxed", f"graded without a sandbox: {reason}")
+        for cell_index, note in scan_cells(nb, set(self._tests)):
+            self._finding("flagged", note, cell=cell_index)
+        with tempfile.TemporaryDirectory(prefix="bncourse-kernel-") as tmp:
+            tmp_path = Path(tmp)
+            tmp_path.chmod(0o755)
+            self._scratch = prepare_folder(tmp_path / "work", self._settings)
+            self._sockets = prepare_folder(tmp_path / "sockets", self._settings)
+            self._responses = prepare_folder(tmp_path / "responses", self._settings)
+            self._requests = tmp_path / "requests"
+            self._requests.mkdir(mode=0o755)
+            self._kernel = Kernel(self._in_kernel, self._requests, self._responses)
+            self._namespace: dict[str, Any] = {"__name__": "__bncourse_tests__"}
+            self._remote: set[str] = set()
+            self._dead: str | None = None
+            self._deadline = time.monotonic() + self._settings.notebook_timeout
+            self._index = 0
+            try:
+                return super().preprocess(nb, resources, km)
+            finally:
+                self._write_report()
+
+    # -- the kernel ---------------------------------------------------------------------------
+
+    def create_kernel_manager(self):
+        if not self._sandboxed:
+            return super().create_kernel_manager()
+        if not self.kernel_name:
+            self.kernel_name = self.nb.metadata.get("kernelspec", {}).get("name") or "python3"
+        self.km = SandboxedKernelManager(kernel_name=self.kernel_name, config=self.config)
+        self.km.configure(
+            self._settings,
+            scratch=self._scratch,
+            sockets=self._sockets,
+            writable=[self._responses],
+            readable=[self._requests],
+            course_root=Path.cwd().resolve(),
+        )
+        return self.km
+
+    def _in_kernel(self, code: str) -> None:
+        """Run one line in the kernel for a stand-in; KernelError if it does not complete."""
+        cell = self._run_in_kernel(code)
+        errors = [o for o in cell.outputs if o.get("output_type") == "error"]
+        if errors:
+            raise KernelError(
+                f"the notebook's kernel did not answer the grader ({errors[0].get('ename')}: "
+                f"{errors[0].get('evalue')})"
+            )
+
+    def _run_in_kernel(self, source: str) -> NotebookNode:
+        if self._dead:
+            raise KernelError(self._dead)
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._kill(
+                f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
+            )
+            raise KernelError(self._dead)
+        cell = new_code_cell(source)
+        saved, notebook_cell = self.timeout, self.nb.cells[self._index]
+        self.timeout = int(max(1, min(saved or remaining, remaining)))
+        try:
+            self.execute_cell(cell, self._index, store_history=False)
+        except DeadKernelError:
+            self._dead = "the notebook's kernel died (os._exit, a crash or out of memory)"
+            raise KernelError(self._dead) from None
+        finally:
+            self.timeout = saved
+            self.nb.cells[self._index] = notebook_cell  # nbclient stores the cell it ran there
+        return cell
+
+    def _kill(self, why: str) -> None:
+        self._dead = why
+        with contextlib.suppress(Exception):
+            self._finding("killed", why)
+            if self.km is not None:
+                self._run_sync(self.km.shutdown_kernel(now=True))
+
+    @staticmethod
+    def _run_sync(coro):
+        from jupyter_core.utils import run_sync
+
+        return run_sync(lambda: coro)()
+
+    # -- cells --------------------------------------------------------------------------------
+
+    def preprocess_cell(self, cell: NotebookNode, resources: Any, index: int):
+        self._index = index
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if cell.cell_type == "code" and grade_id in self._tests:
+            self._check_cell(cell, grade_id)
+            return cell, self.resources
+        if cell.cell_type != "code" or not cell.source.strip():
+            return super().preprocess_cell(cell, resources, index)
+        if self._dead:
+            cell.outputs = [_error_output("KernelNotRunning", f"this cell did not run: {self._dead}")]
+            return cell, self.resources
+        if time.monotonic() > self._deadline:
+            self._kill(
+                f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
+            )
+            cell.outputs = [_error_output("NotebookTimeout", self._dead)]
+            return cell, self.resources
+        saved = self.timeout
+        self.timeout = int(max(1, min(saved or 1e9, self._deadline - time.monotonic())))
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self._dead = "the notebook's kernel died (os._exit, a crash or out of memory)"
+            self._finding("killed", f"cell {index}: {self._dead}", cell=index)
+            cell.outputs.append(_error_output("DeadKernelError", self._dead))
+            return cell, self.resources
+        finally:
+            self.timeout = saved
+
+    def _check_cell(self, cell: NotebookNode, grade_id: str) -> None:
+        source = self._tests[grade_id]
+        cell.source = source
+        cell.outputs = self._run_trusted(source, grade_id)
+        cell.execution_count = None
+        trusted_passed = not any(o.get("output_type") == "error" for o in cell.outputs)
+        if not self.compare_in_kernel or self._dead:
+            return
+        visible = strip_hidden_tests(source)
+        try:
+            kernel_cell = self._run_in_kernel(visible)
+        except KernelError:
+            return
+        kernel_passed = not any(o.get("output_type") == "error" for o in kernel_cell.outputs)
+        if kernel_passed and not trusted_passed:
+            self._finding(
+                "disagreement",
+                f"{grade_id}: the notebook reported a pass that the trusted check did not "
+                "reproduce",
+                cell=grade_id,
+            )
+
+    def _run_trusted(self, source: str, grade_id: str) -> list[NotebookNode]:
+        """Run a test cell here, the notebook's names bound to stand-ins; its outputs."""
+        out, err = io.StringIO(), io.StringIO()
+        outputs: list[NotebookNode] = []
+        try:
+            wanted = {n for n in _free_names(source) if n not in self._namespace or n in self._remote}
+            found = self._kernel.lookup(sorted(wanted)) if wanted else {}
+            for name in wanted:
+                if name in found:
+                    self._namespace[name] = found[name]
+                    self._remote.add(name)
+                elif name in self._remote:
+                    del self._namespace[name]
+                    self._remote.discard(name)
+            code = compile(source, f"<test cell {grade_id}>", "exec")
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                exec(code, self._namespace)  # the instructor's test code, never the student's
+        except KernelError as error:
+            outputs.append(_error_output("KernelError", str(error)))
+        except Exception as error:  # a failed check, or the student's error brought back
+            notes = [str(n) for n in getattr(error, "__notes__", [])]
+            outputs.append(_error_output(type(error).__name__, str(error), notes))
+        streams = [("stdout", out.getvalue()), ("stderr", err.getvalue())]
+        return [new_output("stream", name=n, text=t) for n, t in streams if t] + outputs
+
+    # -- what the gradebook does not hold -----------------------------------------------------
+
+    def _test_sources(self, info: dict[str, Any]) -> dict[str, str]:
+        """grade_id -> the instructor's source of every autograded test cell of this notebook."""
+        from nbgrader.api import Gradebook, MissingEntry
+
+        sources: dict[str, str] = {}
+        course_id = self.config.get("CourseDirectory", {}).get("course_id", "default_course")
+        with Gradebook(info["db_url"], course_id) as gb:
+            try:
+                notebook = gb.find_notebook(info["notebook"], info["assignment"])
+            except MissingEntry:
+                return sources
+            for cell in notebook.grade_cells:
+                if cell.cell_type != "code":
+                    continue
+                source = gb.find_source_cell(cell.name, info["notebook"], info["assignment"])
+                solution = [s for s in notebook.solution_cells if s.name == cell.name]
+                if not solution:
+                    sources[cell.name] = source.source
+        return sources
+
+    def _finding(self, kind: str, note: str, cell: Any = None) -> None:
+        self._findings.append(
+            {"notebook": self._notebook_id, "kind": kind, "note": note, "cell": cell}
+        )
+
+    def _write_report(self) -> None:
+        if not self.report_path:
+            for f in self._findings:
+                self.log.warning("%s (%s): %s", self._notebook_id, f["kind"], f["note"])
+            return
+        with open(self.report_path, "a", encoding="utf-8") as handle:
+            for f in self._findings:
+                handle.write(json.dumps(f) + "\n")
+        os.chmod(self.report_path, 0o644)

@@ -1,0 +1,320 @@
+"""The sandbox every kernel that runs student code starts in: bubblewrap, resource limits, no network.
+
+Per kernel (see :func:`bwrap_command`): the system, the Python installation, the virtual
+environment and the ``bncourse`` package are mounted read-only; everything else of the machine,
+the course folder, ``solutions/``, other submissions and the gradebook included, does not exist
+inside. Writable: a private scratch folder (the kernel's working folder), the folder of its
+answers to the grader, ``/tmp`` (a fresh tmpfs) and the sockets of the kernel. No network (its
+own network namespace; the kernel talks to the grader over ZeroMQ's IPC transport, Unix sockets
+in a bound folder), its own PID, IPC and UTS namespaces, a new session, killed with the grader's
+process. ``prlimit`` bounds memory, processes, file size, open files and CPU time; where the
+grader runs as root the kernel runs as an unprivileged user (:attr:`Sandbox.uid`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import Bool, Integer, Unicode
+from traitlets.config import Configurable
+
+import bncourse
+
+__all__ = [
+    "Sandbox",
+    "SandboxedKernelManager",
+    "SandboxUnavailable",
+    "bwrap_command",
+    "unavailable_reason",
+]
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can start on this machine, and unsandboxed grading was not allowed."""
+
+
+class Sandbox(Configurable):
+    """Limits of the sandbox (``c.Sandbox.*`` in ``nbgrader_config.py``)."""
+
+    allow_unsandboxed = Bool(
+        False,
+        help="Grade without a sandbox where none can start (every summary then says so). "
+        "Student code can then read and change everything the grader can.",
+    ).tag(config=True)
+    memory_limit = Integer(4 * 2**30, help="Bytes of memory a kernel may allocate.").tag(
+        config=True
+    )
+    processes = Integer(
+        512, help="Processes and threads the sandbox user may have (RLIMIT_NPROC)."
+    ).tag(config=True)
+    file_size = Integer(2**30, help="Largest file a kernel may write, in bytes.").tag(config=True)
+    open_files = Integer(1024, help="Open files per process.").tag(config=True)
+    cpu_seconds = Integer(1800, help="CPU time of the kernel process, in seconds.").tag(
+        config=True
+    )
+    notebook_timeout = Integer(
+        1200, help="Wall-clock seconds for a whole notebook, grading included."
+    ).tag(config=True)
+    uid = Integer(65534, help="User the kernel runs as when the grader runs as root.").tag(
+        config=True
+    )
+    gid = Integer(65534, help="Group the kernel runs as when the grader runs as root.").tag(
+        config=True
+    )
+    bwrap = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+
+    def prlimit_args(self) -> list[str]:
+        return [
+            "prlimit",
+            f"--data={self.memory_limit}",
+            f"--nproc={self.processes}",
+            f"--fsize={self.file_size}",
+            f"--nofile={self.open_files}",
+            f"--cpu={self.cpu_seconds}",
+            "--core=0",
+            "--",
+        ]
+
+    @property
+    def drops_privileges(self) -> bool:
+        return os.geteuid() == 0
+
+    def owner(self) -> tuple[int, int]:
+        """Who owns the sandbox's writable folders."""
+        if self.drops_privileges:
+            return self.uid, self.gid
+        return os.getuid(), os.getgid()
+
+
+def _read_only_roots(course_root: Path | None) -> list[Path]:
+    """What a kernel needs to see: the system, Python, the venv and the bncourse package.
+
+    Entries of ``sys.path`` that are the working folder, hold it, or lie in it or in the course
+    folder are left out (the virtual environment excepted, even inside the course folder).
+    """
+    prefix = Path(sys.prefix).resolve()
+    private = [Path.cwd().resolve()] + ([course_root.resolve()] if course_root else [])
+    roots = [prefix, Path(sys.base_prefix), Path(sys.exec_prefix)]
+    roots.append(Path(bncourse.__file__).resolve().parent)
+    for entry in sys.path:
+        if not entry:
+            continue
+        path = Path(entry).resolve()
+        if not path.is_dir():
+            continue
+        inside_venv = path == prefix or prefix in path.parents
+        near = any(path == p or path in p.parents or p in path.parents for p in private)
+        if near and not inside_venv:
+            continue
+        roots.append(path)
+    python = Path(shutil.which("python3", path=str(Path(sys.executable).parent)) or sys.executable)
+    roots.append(python.resolve().parent.parent)
+    unique: list[Path] = []
+    for root in sorted({r.resolve() for r in roots}, key=lambda p: len(p.parts)):
+        if root.parts[:2] in (("/", "usr"), ("/", "etc")) and len(root.parts) > 2:
+            continue  # under a folder that is bound whole
+        if not any(u in root.parents for u in unique):
+            unique.append(root)
+    return unique
+
+
+def bwrap_command(
+    argv: list[str],
+    sandbox: Sandbox,
+    *,
+    cwd: Path,
+    writable: list[Path],
+    readable: list[Path] = (),
+    course_root: Path | None = None,
+) -> list[str]:
+    """``argv`` wrapped in bubblewrap, prlimit and (as root) setpriv; see the module docstring."""
+    args = [sandbox.bwrap, "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        target = Path("/") / name
+        if target.is_symlink():
+            args += ["--symlink", os.readlink(target), str(target)]
+        elif target.is_dir():
+            args += ["--ro-bind", str(target), str(target)]
+    args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--tmpfs", "/tmp"]
+    gpus = sorted(glob.glob("/dev/nvidia*"))
+    for device in gpus:
+        args += ["--dev-bind", device, device]
+    if gpus:
+        args += ["--ro-bind", "/sys", "/sys"]
+    made: set[Path] = {Path("/"), Path("/tmp"), Path("/usr"), Path("/etc"), Path("/proc")}
+    made |= {Path("/dev")}
+
+    def parents(path: Path) -> list[str]:
+        out = []
+        for parent in reversed(path.parents):
+            if parent not in made:
+                made.add(parent)
+                out += ["--perms", "0755", "--dir", str(parent)]
+        made.add(path)
+        return out
+
+    binds = [(p, "--ro-bind") for p in _read_only_roots(course_root)]
+    binds += [(Path(p), "--ro-bind") for p in readable]
+    binds += [(Path(p), "--bind") for p in writable]
+    for path, flag in sorted(binds, key=lambda b: len(b[0].parts)):
+        if path in (Path("/usr"), Path("/etc")):
+            continue
+        args += [*parents(path), flag, str(path), str(path)]
+    args += [
+        "--chdir",
+        str(cwd),
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+        "--",
+        *sandbox.prlimit_args(),
+    ]
+    if sandbox.drops_privileges:
+        args += [
+            "setpriv",
+            f"--reuid={sandbox.uid}",
+            f"--regid={sandbox.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]
+    # jupyter_client always names its own process as the kernel's parent; that PID means nothing
+    # in the sandbox's PID namespace, where the kernel would take it for dead and exit.
+    return [*args, "/usr/bin/env", "-u", "JPY_PARENT_PID", *argv]
+
+
+@cache
+def unavailable_reason(executable: str = "bwrap") -> str | None:
+    """Why no sandbox can start here (None when one can): tried once per process."""
+    if not sys.platform.startswith("linux"):
+        return f"the sandbox needs Linux (bubblewrap); this is {sys.platform}"
+    if shutil.which(executable) is None:
+        return (
+            f"bubblewrap ({executable}) is not installed: on Debian or Ubuntu run "
+            "`sudo apt-get install bubblewrap` (make test installs it)"
+        )
+    for tool in ("prlimit", "setpriv"):
+        if shutil.which(tool) is None:
+            return f"{tool} (util-linux) is not installed"
+    probe = Sandbox()
+    command = bwrap_command([sys.executable, "-c", "pass"], probe, cwd=Path("/tmp"), writable=[])
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bubblewrap could not start a sandbox: {error}"
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no message"]
+        return (
+            f"bubblewrap could not start a sandbox ({detail[0]}); it needs user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1, or run the grader as root) and, in a "
+            "container, permission to create namespaces"
+        )
+    return None
+
+
+def prepare_folder(path: Path, sandbox: Sandbox, mode: int = 0o700) -> Path:
+    """Create ``path`` (if needed) owned by the sandbox's user."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    uid, gid = sandbox.owner()
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+    return path
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels start in the sandbox, reached over IPC sockets.
+
+    Set :attr:`sandbox_settings`, :attr:`scratch`, :attr:`sockets` and the extra folders before
+    starting; the kernel's working folder is ``scratch``, whatever cwd nbclient asks for.
+    """
+
+    sandbox_settings: Sandbox
+    scratch: Path
+    sockets: Path
+    extra_writable: list[Path]
+    extra_readable: list[Path]
+    course_root: Path | None = None
+
+    def configure(
+        self,
+        sandbox: Sandbox,
+        *,
+        scratch: Path,
+        sockets: Path,
+        writable: list[Path] = (),
+        readable: list[Path] = (),
+        course_root: Path | None = None,
+    ) -> None:
+        self.sandbox_settings = sandbox
+        self.scratch, self.sockets = Path(scratch), Path(sockets)
+        self.extra_writable, self.extra_readable = list(writable), list(readable)
+        self.course_root = course_root
+        self.transport = "ipc"
+        self.ip = str(self.sockets / "kernel")
+        self.connection_file = str(self.sockets / "kernel.json")
+
+    async def _async_pre_start_kernel(self, **kw):
+        cmd, kw = await super()._async_pre_start_kernel(**kw)
+        self.kernel_spec.interrupt_mode = "message"  # a signal cannot reach into the sandbox
+        return cmd, kw
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        cmd = super().format_kernel_cmd(extra_arguments)
+        python = shutil.which(cmd[0], path=os.environ.get("PATH")) or cmd[0]
+        cmd[0] = str(Path(python).absolute())
+        return bwrap_command(
+            cmd,
+            self.sandbox_settings,
+            cwd=self.scratch,
+            writable=[self.scratch, self.sockets, *self.extra_writable],
+            readable=self.extra_readable,
+            course_root=self.course_root,
+        )
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw):
+        uid, gid = self.sandbox_settings.owner()
+        os.chown(self.connection_file, uid, gid)
+        kw["cwd"] = str(self.scratch)
+        kw["env"] = kernel_environment()
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+
+def kernel_environment() -> dict[str, str]:
+    """The environment of a sandboxed kernel: nothing of the grader's but what a kernel needs."""
+    env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": "/tmp",
+        "IPYTHONDIR": "/tmp/.ipython",
+        "LANG": "C.UTF-8",
+        "MPLBACKEND": "Agg",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    for name in (
+        "PYTHONHASHSEED",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "CUDA_VISIBLE_DEVICES",
+        "NBGRADER_EXECUTION",
+        "TZ",
+    ):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env

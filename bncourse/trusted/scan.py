@@ -1,0 +1,134 @@
+"""A static scan of a submission for routes around the checks, reported for review, never scored.
+
+The trusted verdict does not depend on it: whatever a submission does to its own kernel, its
+functions are judged by their outputs on inputs drawn in the grader. The guard that refuses
+delegation (torch's batch norm and dropout, :mod:`bncourse.nn`) runs inside the student's kernel,
+though, where code that disables torch-function handling or calls ``torch.ops.aten`` kernels can
+slip past it. Honest solutions never need the constructs below, so each one is reported with the
+cell it is in, for the instructor to read.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+
+from nbformat import NotebookNode
+
+from bncourse.grading.guard import FORBIDDEN_TORCH_FUNCTIONS
+
+__all__ = ["scan_cells", "scan_source"]
+
+# Dotted prefixes of attribute chains that only a route around the checks needs.
+_ROUTES = {
+    "torch.ops": "calls ATen kernels directly (torch.ops)",
+    "torch._C": "uses torch's C bindings (torch._C)",
+    "torch.overrides": "changes torch-function handling (torch.overrides)",
+    "torch._ops": "calls ATen kernels directly (torch._ops)",
+    "sys.modules": "edits sys.modules",
+    "sys.setprofile": "replaces the profiler hook",
+    "sys.settrace": "replaces the tracer hook",
+    "sys.excepthook": "replaces the exception hook",
+    "builtins": "changes builtins",
+    "importlib": "imports modules by computed name",
+    "ctypes": "uses ctypes",
+    "os.kill": "sends signals to processes",
+    "os.killpg": "sends signals to processes",
+    "os.fork": "forks processes",
+    "os.setsid": "starts a new session",
+    "subprocess": "starts programs",
+    "signal": "installs signal handlers",
+    "gc.get_objects": "searches the interpreter's objects",
+    "get_ipython": "changes IPython itself",
+    "bncourse.nn": "uses the course's reference implementations",
+    "bncourse.trusted": "touches the grader's kernel side",
+}
+# Names whose attributes an answer never assigns (patching a module changes every later use).
+_PATCHED = {"grading", "bncourse", "torch", "nn", "F", "np", "numpy", "math", "sys", "os", "builtins"}
+_CALLS = {
+    "__import__": "imports modules by computed name",
+    "exec": "runs code built at run time (exec)",
+    "eval": "runs code built at run time (eval)",
+    "compile": "compiles code at run time",
+    "setattr": "sets attributes by computed name",
+    "delattr": "deletes attributes by computed name",
+    "globals": "reads or edits the notebook's globals",
+    "vars": "reads or edits namespaces",
+    "open": "opens files",
+}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def scan_source(source: str) -> list[str]:
+    """What ``source`` does that an honest answer never needs, each said once."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []  # IPython magics or a broken cell: the kernel's run will say
+    found: list[str] = []
+
+    def note(text: str) -> None:
+        if text not in found:
+            found.append(text)
+
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            for alias in node.names:
+                names.append(f"{module}.{alias.name}" if module else alias.name)
+                if module:
+                    names.append(module)
+        elif isinstance(node, ast.Attribute):
+            dotted = _dotted(node)
+            if dotted:
+                names.append(dotted)
+                if not isinstance(node.ctx, ast.Load) and dotted.split(".")[0] in _PATCHED:
+                    note(f"changes {dotted}")
+            if node.attr in FORBIDDEN_TORCH_FUNCTIONS and isinstance(node.ctx, ast.Load):
+                if dotted and dotted.split(".")[0] in ("torch", "F", "functional"):
+                    names.append("torch-norm-or-dropout:" + dotted)
+            if node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in (
+                "__init__",
+                "__name__",
+            ):
+                note(f"reaches into the dunder attribute {node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in _CALLS:
+                note(_CALLS[node.func.id])
+        elif isinstance(node, ast.Name) and node.id in ("__builtins__", "get_ipython"):
+            names.append(node.id)
+        for name in names:
+            if name.startswith("torch-norm-or-dropout:"):
+                note(f"calls {name.split(':', 1)[1]} (torch's own normalization or dropout)")
+                continue
+            for prefix, text in _ROUTES.items():
+                if name == prefix or name.startswith(prefix + "."):
+                    note(f"{text}: {name}")
+                    break
+    return found
+
+
+def scan_cells(nb: NotebookNode, tests: Iterable[str]) -> list[tuple[int, str]]:
+    """(cell index, note) for every code cell of ``nb`` that the student wrote or could edit."""
+    tests = set(tests)
+    findings = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id") in tests or (meta.get("locked") and not meta.get("solution")):
+            continue  # the instructor's cells (nbgrader puts their source back)
+        for text in scan_source(cell.source):
+            findings.append((index, f"cell {index} {text}"))
+    return findings
