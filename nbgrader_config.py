@@ -2,6 +2,8 @@
 
 import os
 
+from bncourse.trusted.config import use_trusted_grading
+
 c = get_config()  # noqa: F821 (provided by nbgrader when it loads this file)
 
 _root = os.path.dirname(os.path.abspath(__file__))
@@ -32,20 +34,8 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 c.OverwriteCells.add_missing_cells = True
 # Student code runs in a sandboxed kernel (bubblewrap); every autograded test cell runs in the
 # grader's process against stand-ins of the notebook's functions, so the score is computed where
-# student code never ran (bncourse/trusted/). Limits: c.Sandbox.memory_limit and friends.
-c.Autograde.autograde_preprocessors = [
-    "bncourse.trusted.execute.TrustedExecute",
-    "nbgrader.preprocessors.IgnorePattern",
-    "nbconvert.preprocessors.ClearMetadataPreprocessor",
-    "nbgrader.preprocessors.LimitOutput",
-    "nbgrader.preprocessors.SaveAutoGrades",
-    "nbgrader.preprocessors.AssignLatePenalties",
-    "nbgrader.preprocessors.CheckCellMetadata",
-]
-# Feedback never shows hidden tests.
-c.GenerateFeedback.preprocessors = [
-    "nbgrader.preprocessors.GetGrades",
-    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
-    "nbgrader.preprocessors.ClearHiddenTests",
-]
-c.Sandbox.memory_limit = 4 * 2**30
+# student code never ran, and feedback never shows hidden tests (bncourse/trusted/).
+use_trusted_grading(c)
+# Limits of each sandbox (see bncourse.trusted.sandbox.Sandbox for all of them).
+c.Sandbox.memory_limit = 4 * 2**30  # bytes, for the kernel and everything it starts
+c.Sandbox.notebook_timeout = 1200  # wall-clock seconds for a whole notebook

@@ -57,6 +57,12 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
     grade.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
     grade.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML files")
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
+    grade.add_argument(
+        "--allow-unsandboxed",
+        action="store_true",
+        help="grade even where no sandbox can start (said again in the summary); student code "
+        "then runs with this account's rights",
+    )
     grade.set_defaults(func=_run_grade)
 
     check = commands.add_parser(
@@ -105,6 +111,7 @@ def _run_grade(args: argparse.Namespace) -> int:
             csv=args.csv,
             progress=not args.no_progress,
             only=args.student,
+            allow_unsandboxed=args.allow_unsandboxed,
         )
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}")

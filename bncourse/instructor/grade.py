@@ -37,6 +37,8 @@ class ClassReport:
     csv: Path | None = None
     log_dir: Path | None = None
     added_assignment: bool = False
+    unsandboxed: str | None = None
+    """Why grading ran without a sandbox (allowed explicitly), or None when it was sandboxed."""
 
     @property
     def failed(self) -> list[worker.GradeResult]:
@@ -93,12 +95,28 @@ def register_students(course: Course, students: list[str]) -> None:
             gb.update_or_create_student(student)
 
 
+# What comes back from a job's private folder: graded notebooks, feedback pages, nbgrader's
+# timestamp. Nothing else a submission brought or made reaches the course folder.
+_KEPT = ("*.ipynb", "*.html", "timestamp.txt")
+
+
+def _keep_only(folder: str, names: list[str]) -> list[str]:
+    ignored = []
+    for name in names:
+        path = Path(folder) / name
+        if path.is_symlink() or (
+            path.is_file() and not any(path.match(pattern) for pattern in _KEPT)
+        ):
+            ignored.append(name)
+    return ignored
+
+
 def _replace_tree(src: Path | None, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     if src is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dest)
+        shutil.copytree(src, dest, ignore=_keep_only)
 
 
 def _store(course: Course, assignment: str, result: worker.GradeResult, log_dir: Path) -> None:
@@ -146,15 +164,30 @@ def grade_class(
     csv: Path | None = None,
     progress: bool = True,
     only: list[str] | None = None,
+    allow_unsandboxed: bool = False,
 ) -> ClassReport:
     """Autograde every submitted student of ``assignment`` (or those in ``only``); merge, give
-    feedback, export grades."""
+    feedback, export grades.
+
+    Refuses to start (:class:`~bncourse.trusted.sandbox.SandboxUnavailable`) where no sandbox can
+    start, unless ``allow_unsandboxed`` (or ``c.Sandbox.allow_unsandboxed``) says otherwise.
+    """
     from bncourse.instructor.submissions import list_students
+    from bncourse.trusted.sandbox import Sandbox, SandboxUnavailable, unavailable_reason
 
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     worker.silence_library_warnings()
     report = ClassReport(assignment=assignment)
+    settings = Sandbox(config=course.config)
+    report.unsandboxed = unavailable_reason(settings.bwrap)
+    allow_unsandboxed = allow_unsandboxed or settings.allow_unsandboxed
+    if report.unsandboxed and not allow_unsandboxed:
+        raise SandboxUnavailable(
+            f"{report.unsandboxed}. bncourse grade runs student code only in a sandbox; pass "
+            "--allow-unsandboxed to grade without one (student code can then read and change "
+            "everything this account can)."
+        )
     report.added_assignment = ensure_assignment(course, assignment)
     expected = expected_notebooks(course, assignment)
     exclude = str(course.config.CourseDirectory.get("student_id_exclude", ""))
@@ -190,6 +223,7 @@ def grade_class(
                 snapshot=snapshot,
                 db_url=None if snapshot else course.db_url,
                 feedback=feedback,
+                allow_unsandboxed=allow_unsandboxed,
             )
             for student in students
         ]
@@ -246,6 +280,8 @@ def summary_table(report: ClassReport) -> str:
         )
         if by_hand and r.success:  # nbgrader flags every cell of a failed submission
             notes.append("needs manual grading: " + ", ".join(by_hand))
+        if r.review:
+            notes.append("for review: " + "; ".join(r.review))
         rows.append((r.student, score, top, "; ".join(notes) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
@@ -253,4 +289,11 @@ def summary_table(report: ClassReport) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  -------")
+    if report.unsandboxed:
+        lines += [
+            "",
+            f"GRADED WITHOUT A SANDBOX (--allow-unsandboxed): {report.unsandboxed}. Student code "
+            "could read and change everything this account can; scores still come from the "
+            "grader's own checks.",
+        ]
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Grade one student in a private course folder: what each worker process of ``bncourse grade`` runs.
 
 Every job gets its own temporary course folder with a copy of the instructor version, a copy of
-the student's submitted files (the originals are never opened for writing) and, for an SQLite
-gradebook, its own copy of the gradebook. There it runs nbgrader's own ``autograde`` (and
-``generate_feedback``), so the result is what ``nbgrader autograde`` would have stored.
+the student's submitted files (the originals are never opened for writing; links are left out)
+and, for an SQLite gradebook, its own copy of the gradebook. There it runs nbgrader's own
+``autograde`` (and ``generate_feedback``) with the trusted execution step of
+:mod:`bncourse.trusted`: the submission's cells run in a sandboxed kernel, the test cells here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from traitlets.config import Config
 
 from bncourse.instructor.gradebook_io import SubmissionRecord, copy_sqlite, read_submission
 from bncourse.instructor.submissions import Inspection, inspect
+from bncourse.trusted.config import use_trusted_grading
+
+REPORT_NAME = "trusted-report.jsonl"
+"""Where, in a job's private course folder, the trusted execution step writes its findings."""
 
 
 @dataclass
@@ -42,6 +47,7 @@ class GradeJob:
     snapshot: Path | None = None
     db_url: str | None = None
     feedback: bool = True
+    allow_unsandboxed: bool = False
 
 
 @dataclass
@@ -57,6 +63,9 @@ class GradeResult:
     autograded: Path | None = None
     feedback: Path | None = None
     seconds: float = 0.0
+    review: list[str] = field(default_factory=list)
+    """Routes around the checks found in the source, for the instructor to read (not scored)."""
+    sandboxed: bool = True
 
 
 def init_worker(threads: int | None, log_path: str | None) -> None:
@@ -105,6 +114,7 @@ _ERROR_HINTS = [
         "Timeout waiting for IOPub output",
         "a cell ran past the time limit and ignored the interrupt; nothing could be graded",
     ),
+    ("SandboxUnavailable", "no sandbox could start (see the log); nothing was run"),
     ("NotJSONError", "not a valid notebook (not JSON)"),
     ("JSONDecodeError", "not a valid notebook (not JSON)"),
     ("ValidationError", "not a valid notebook (fails the notebook schema)"),
@@ -144,11 +154,28 @@ def notebook_problems(autograded: Path, timeout: int | None) -> list[str]:
 
 def _copy_submission(job: GradeJob, dest: Path, found: Inspection) -> None:
     """The student's files in the private course; renames and metadata repairs go to the copy."""
-    shutil.copytree(job.submitted, dest, symlinks=True)
+    shutil.copytree(job.submitted, dest, symlinks=True, ignore=_links)
     for old, new in found.renames.items():
         (dest / old).rename(dest / new)
     for name, nb in found.rewrites.items():
         nbformat.write(nb, dest / name)
+
+
+def _links(folder: str, names: list[str]) -> list[str]:
+    """Links in a submission are not copied: nothing outside it is read on its behalf."""
+    return [n for n in names if os.path.islink(os.path.join(folder, n))]
+
+
+def _take_findings(result: GradeResult, findings: list[dict]) -> None:
+    """What the trusted execution step reported, as problems and notes for review."""
+    for finding in findings:
+        kind, note = finding.get("kind"), str(finding.get("note", ""))
+        if kind == "unsandboxed":
+            result.sandboxed = False
+        elif kind == "flagged":
+            result.review.append(note)
+        elif note not in result.problems:
+            result.problems.append(note)
 
 
 def _releases(folder: Path | None) -> dict[str, nbformat.NotebookNode]:
@@ -181,6 +208,10 @@ def _grade(job: GradeJob, result: GradeResult) -> None:
     config = copy.deepcopy(job.config)
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.db_url = db_url
+    use_trusted_grading(config)
+    config.TrustedExecute.report_path = str(root / REPORT_NAME)
+    if job.allow_unsandboxed:
+        config.Sandbox.allow_unsandboxed = True
     if not any("shutdown_kernel" in config[k] for k in ("Execute", "ExecutePreprocessor")):
         # Kill each kernel once its notebook has run (every output is in by then) instead of
         # waiting 1-2 s for it to exit; a course can still set Execute.shutdown_kernel itself.
@@ -198,6 +229,9 @@ def _grade(job: GradeJob, result: GradeResult) -> None:
     outcome = api.autograde(job.assignment, job.student, force=True, create=create)
     result.log = outcome.get("log", "") + outcome.get("error", "")
     result.success = bool(outcome["success"])
+    from bncourse.trusted.execute import read_report
+
+    _take_findings(result, read_report(root / REPORT_NAME))
     autograded = root / "autograded" / job.student / job.assignment
     if not result.success:
         reason = explain_failure(result.log)

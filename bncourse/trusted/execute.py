@@ -42,11 +42,19 @@ from bncourse.trusted.sandbox import (
     SandboxedKernelManager,
     SandboxUnavailable,
     prepare_folder,
+    shared_memory_folder,
     unavailable_reason,
 )
 from bncourse.trusted.scan import scan_cells
 
-__all__ = ["TrustedExecute", "strip_hidden_tests"]
+__all__ = ["TrustedExecute", "read_report", "strip_hidden_tests"]
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """The findings :class:`TrustedExecute` appended to ``path`` (none if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
@@ -116,10 +124,9 @@ class TrustedExecute(Execute):
             self._finding("unsandboxed", f"graded without a sandbox: {reason}")
         for cell_index, note in scan_cells(nb, set(self._tests)):
             self._finding("flagged", note, cell=cell_index)
-        with tempfile.TemporaryDirectory(prefix="bncourse-kernel-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bncourse-kernel-", dir=shared_memory_folder()) as tmp:
             tmp_path = Path(tmp)
             tmp_path.chmod(0o755)
-            self._scratch = prepare_folder(tmp_path / "work", self._settings)
             self._sockets = prepare_folder(tmp_path / "sockets", self._settings)
             self._responses = prepare_folder(tmp_path / "responses", self._settings)
             self._requests = tmp_path / "requests"
@@ -145,7 +152,6 @@ class TrustedExecute(Execute):
         self.km = SandboxedKernelManager(kernel_name=self.kernel_name, config=self.config)
         self.km.configure(
             self._settings,
-            scratch=self._scratch,
             sockets=self._sockets,
             writable=[self._responses],
             readable=[self._requests],

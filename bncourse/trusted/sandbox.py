@@ -3,8 +3,10 @@
 Per kernel (see :func:`bwrap_command`): the system, the Python installation, the virtual
 environment and the ``bncourse`` package are mounted read-only; everything else of the machine,
 the course folder, ``solutions/``, other submissions and the gradebook included, does not exist
-inside. Writable: a private scratch folder (the kernel's working folder), the folder of its
-answers to the grader, ``/tmp`` (a fresh tmpfs) and the sockets of the kernel. No network (its
+inside. Writable: ``/tmp``, a fresh tmpfs of bounded size that holds the kernel's working folder
+``/tmp/work``, and two folders of the grader's: the kernel's sockets and its answers (in
+``/dev/shm`` where it exists, so that what is written there is memory the control group
+counts). No network (its
 own network namespace; the kernel talks to the grader over ZeroMQ's IPC transport, Unix sockets
 in a bound folder), its own PID, IPC and UTS namespaces, a new session, killed with the grader's
 process. ``prlimit`` bounds memory, processes, file size, open files and CPU time; where the
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from traitlets import Bool, Integer, Unicode
 from traitlets.config import Configurable
 
 import bncourse
+from bncourse.trusted.cgroups import KernelCgroup
 
 __all__ = [
     "Sandbox",
@@ -52,7 +56,12 @@ class Sandbox(Configurable):
         config=True
     )
     processes = Integer(
-        512, help="Processes and threads the sandbox user may have (RLIMIT_NPROC)."
+        256, help="Processes and threads of a kernel and everything it starts."
+    ).tag(config=True)
+    cgroup = Bool(
+        True,
+        help="Also bound the memory and the processes of each sandbox as a whole with a control "
+        "group, where the machine lets the grader create one.",
     ).tag(config=True)
     file_size = Integer(2**30, help="Largest file a kernel may write, in bytes.").tag(config=True)
     open_files = Integer(1024, help="Open files per process.").tag(config=True)
@@ -62,12 +71,17 @@ class Sandbox(Configurable):
     notebook_timeout = Integer(
         1200, help="Wall-clock seconds for a whole notebook, grading included."
     ).tag(config=True)
-    uid = Integer(65534, help="User the kernel runs as when the grader runs as root.").tag(
-        config=True
-    )
+    uid = Integer(
+        0,
+        help="User the kernel runs as when the grader runs as root; 0 (the default) picks an "
+        "unused one per grading process, so that no two kernels share a process budget.",
+    ).tag(config=True)
     gid = Integer(65534, help="Group the kernel runs as when the grader runs as root.").tag(
         config=True
     )
+    tmp_size = Integer(
+        1 * 2**30, help="Bytes of /tmp, the kernel's working folder included."
+    ).tag(config=True)
     bwrap = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
 
     def prlimit_args(self) -> list[str]:
@@ -86,18 +100,24 @@ class Sandbox(Configurable):
     def drops_privileges(self) -> bool:
         return os.geteuid() == 0
 
+    @property
+    def sandbox_uid(self) -> int:
+        """The kernel's user: :attr:`uid`, or one of 200000-299999 chosen by this process."""
+        return self.uid or 200_000 + os.getpid() % 100_000
+
     def owner(self) -> tuple[int, int]:
         """Who owns the sandbox's writable folders."""
         if self.drops_privileges:
-            return self.uid, self.gid
+            return self.sandbox_uid, self.gid
         return os.getuid(), os.getgid()
 
 
-def _read_only_roots(course_root: Path | None) -> list[Path]:
+def _read_only_roots(course_root: Path | None, own: list[Path] = ()) -> list[Path]:
     """What a kernel needs to see: the system, Python, the venv and the bncourse package.
 
     Entries of ``sys.path`` that are the working folder, hold it, or lie in it or in the course
-    folder are left out (the virtual environment excepted, even inside the course folder).
+    folder are left out (the virtual environment excepted, even inside the course folder), and
+    so are folders that hold the sandbox's ``own`` folders (``/tmp`` for a script run from it).
     """
     prefix = Path(sys.prefix).resolve()
     private = [Path.cwd().resolve()] + ([course_root.resolve()] if course_root else [])
@@ -113,6 +133,10 @@ def _read_only_roots(course_root: Path | None) -> list[Path]:
         near = any(path == p or path in p.parents or p in path.parents for p in private)
         if near and not inside_venv:
             continue
+        if path == Path(tempfile.gettempdir()).resolve() or any(
+            path == o or path in o.parents for o in own
+        ):
+            continue
         roots.append(path)
     python = Path(shutil.which("python3", path=str(Path(sys.executable).parent)) or sys.executable)
     roots.append(python.resolve().parent.parent)
@@ -125,11 +149,20 @@ def _read_only_roots(course_root: Path | None) -> list[Path]:
     return unique
 
 
+WORKDIR = "/tmp/work"
+"""The kernel's working folder inside the sandbox."""
+
+
+def shared_memory_folder() -> str | None:
+    """A folder on the machine's shared-memory tmpfs for the grader's sandbox folders, if any."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def bwrap_command(
     argv: list[str],
     sandbox: Sandbox,
     *,
-    cwd: Path,
     writable: list[Path],
     readable: list[Path] = (),
     course_root: Path | None = None,
@@ -143,13 +176,15 @@ def bwrap_command(
         elif target.is_dir():
             args += ["--ro-bind", str(target), str(target)]
     args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
-    args += ["--perms", "1777", "--tmpfs", "/tmp"]
+    args += ["--perms", "1777", "--size", str(sandbox.tmp_size), "--tmpfs", "/tmp"]
+    args += ["--perms", "1777", "--dir", WORKDIR]
     gpus = sorted(glob.glob("/dev/nvidia*"))
     for device in gpus:
         args += ["--dev-bind", device, device]
     if gpus:
         args += ["--ro-bind", "/sys", "/sys"]
-    made: set[Path] = {Path("/"), Path("/tmp"), Path("/usr"), Path("/etc"), Path("/proc")}
+    made: set[Path] = {Path("/"), Path("/tmp"), Path(WORKDIR), Path("/usr"), Path("/etc")}
+    made |= {Path("/proc")}
     made |= {Path("/dev")}
 
     def parents(path: Path) -> list[str]:
@@ -161,7 +196,8 @@ def bwrap_command(
         made.add(path)
         return out
 
-    binds = [(p, "--ro-bind") for p in _read_only_roots(course_root)]
+    own = [Path(p).resolve() for p in [*writable, *readable]]
+    binds = [(p, "--ro-bind") for p in _read_only_roots(course_root, own)]
     binds += [(Path(p), "--ro-bind") for p in readable]
     binds += [(Path(p), "--bind") for p in writable]
     for path, flag in sorted(binds, key=lambda b: len(b[0].parts)):
@@ -170,7 +206,7 @@ def bwrap_command(
         args += [*parents(path), flag, str(path), str(path)]
     args += [
         "--chdir",
-        str(cwd),
+        WORKDIR,
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
@@ -186,7 +222,7 @@ def bwrap_command(
     if sandbox.drops_privileges:
         args += [
             "setpriv",
-            f"--reuid={sandbox.uid}",
+            f"--reuid={sandbox.sandbox_uid}",
             f"--regid={sandbox.gid}",
             "--clear-groups",
             "--inh-caps=-all",
@@ -213,7 +249,7 @@ def unavailable_reason(executable: str = "bwrap") -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} (util-linux) is not installed"
     probe = Sandbox()
-    command = bwrap_command([sys.executable, "-c", "pass"], probe, cwd=Path("/tmp"), writable=[])
+    command = bwrap_command([sys.executable, "-c", "pass"], probe, writable=[])
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -241,12 +277,11 @@ def prepare_folder(path: Path, sandbox: Sandbox, mode: int = 0o700) -> Path:
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernels start in the sandbox, reached over IPC sockets.
 
-    Set :attr:`sandbox_settings`, :attr:`scratch`, :attr:`sockets` and the extra folders before
-    starting; the kernel's working folder is ``scratch``, whatever cwd nbclient asks for.
+    Call :meth:`configure` before starting; the kernel's working folder is :data:`WORKDIR`,
+    whatever cwd nbclient asks for.
     """
 
     sandbox_settings: Sandbox
-    scratch: Path
     sockets: Path
     extra_writable: list[Path]
     extra_readable: list[Path]
@@ -256,16 +291,16 @@ class SandboxedKernelManager(AsyncKernelManager):
         self,
         sandbox: Sandbox,
         *,
-        scratch: Path,
         sockets: Path,
         writable: list[Path] = (),
         readable: list[Path] = (),
         course_root: Path | None = None,
     ) -> None:
         self.sandbox_settings = sandbox
-        self.scratch, self.sockets = Path(scratch), Path(sockets)
+        self.sockets = Path(sockets)
         self.extra_writable, self.extra_readable = list(writable), list(readable)
         self.course_root = course_root
+        self._cgroup: KernelCgroup | None = None
         self.transport = "ipc"
         self.ip = str(self.sockets / "kernel")
         self.connection_file = str(self.sockets / "kernel.json")
@@ -279,19 +314,35 @@ class SandboxedKernelManager(AsyncKernelManager):
         cmd = super().format_kernel_cmd(extra_arguments)
         python = shutil.which(cmd[0], path=os.environ.get("PATH")) or cmd[0]
         cmd[0] = str(Path(python).absolute())
-        return bwrap_command(
+        settings = self.sandbox_settings
+        if settings.cgroup and self._cgroup is None:
+            self._cgroup = KernelCgroup.create(settings.memory_limit, settings.processes)
+        wrapped = bwrap_command(
             cmd,
             self.sandbox_settings,
-            cwd=self.scratch,
-            writable=[self.scratch, self.sockets, *self.extra_writable],
+            writable=[self.sockets, *self.extra_writable],
             readable=self.extra_readable,
             course_root=self.course_root,
         )
+        return self._cgroup.wrap(wrapped) if self._cgroup else wrapped
+
+    @property
+    def limited_by_cgroup(self) -> bool:
+        """Whether this kernel's sandbox is bounded as a whole, not only per process."""
+        return self._cgroup is not None
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
+
+    cleanup_resources = _async_cleanup_resources
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw):
         uid, gid = self.sandbox_settings.owner()
         os.chown(self.connection_file, uid, gid)
-        kw["cwd"] = str(self.scratch)
+        kw["cwd"] = "/"  # the sandbox starts in WORKDIR
         kw["env"] = kernel_environment()
         return await super()._async_launch_kernel(kernel_cmd, **kw)
 

@@ -51,6 +51,7 @@ _CALLS = {
     "eval": "runs code built at run time (eval)",
     "compile": "compiles code at run time",
     "setattr": "sets attributes by computed name",
+    "getattr": "reads attributes by computed name",
     "delattr": "deletes attributes by computed name",
     "globals": "reads or edits the notebook's globals",
     "vars": "reads or edits namespaces",

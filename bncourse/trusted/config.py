@@ -1,0 +1,31 @@
+"""The nbgrader settings that make grading trusted; light to import (``nbgrader_config.py`` does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["AUTOGRADE_PREPROCESSORS", "FEEDBACK_PREPROCESSORS", "use_trusted_grading"]
+
+AUTOGRADE_PREPROCESSORS = [
+    "bncourse.trusted.execute.TrustedExecute",  # in place of nbgrader.preprocessors.Execute
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+"""nbgrader's own ``Autograde.autograde_preprocessors``, with the trusted execution step."""
+
+FEEDBACK_PREPROCESSORS = [
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+    "nbgrader.preprocessors.ClearHiddenTests",  # feedback never shows hidden tests
+]
+"""nbgrader's own ``GenerateFeedback.preprocessors``, with hidden tests cleared."""
+
+
+def use_trusted_grading(config: Any) -> None:
+    """Make nbgrader's autograde and feedback in ``config`` (a traitlets Config) trusted."""
+    config.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
+    config.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
