@@ -107,7 +107,7 @@ def test_every_student_reported_and_run_not_stopped(graded):
     assert sorted(graded["rows"]) == students, graded["proc"].stdout
     assert sorted(graded["grades"]) == students
     assert graded["proc"].returncode == 1  # some submissions could not be graded
-    assert "Could not grade: crash, notjson, notnotebook, stubborn\n" in graded["proc"].stdout
+    assert "Could not grade: notjson, notnotebook, stubborn\n" in graded["proc"].stdout
 
 
 def test_submitted_files_never_changed(graded):
@@ -129,10 +129,14 @@ def test_loop_ignoring_the_interrupt_reported(graded):
     assert "ignored the interrupt" in _row(graded, "stubborn")
 
 
-def test_kernel_crash_reported(graded):
-    assert _score(graded, "crash") == 0
+def test_kernel_crash_graded_as_far_as_it_went(graded):
+    # The kernel dies in the variance cell: the mean, tested before, keeps its points.
+    assert _score(graded, "crash") == ec.POINTS["test_mean"]
     assert "the kernel died" in _row(graded, "crash")
-    assert not (graded["root"] / "autograded" / "crash").exists()
+    graded_nb = graded["root"] / "autograded" / "crash" / ec.ASSIGNMENT / f"{ec.ASSIGNMENT}.ipynb"
+    errors = [o.ename for c in nbformat.read(graded_nb, 4).cells for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert "DeadKernelError" in errors
 
 
 def test_sys_exit_graded(graded):

@@ -231,8 +231,9 @@ def bwrap_command(
             "--",
         ]
     # jupyter_client always names its own process as the kernel's parent; that PID means nothing
-    # in the sandbox's PID namespace, where the kernel would take it for dead and exit.
-    return [*args, "/usr/bin/env", "-u", "JPY_PARENT_PID", *argv]
+    # in the sandbox's PID namespace, where the kernel would take it for dead and exit. PID 1 (the
+    # sandbox's init, which dies with the grader) tells ipykernel not to watch for a parent.
+    return [*args, "/usr/bin/env", "JPY_PARENT_PID=1", *argv]
 
 
 @cache
