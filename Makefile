@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 BOOK_FLAGS := --all -W -n --keep-going
 ASSIGNMENTS := $(notdir $(wildcard solutions/*))
 
-.PHONY: install book book-clean test lint release clean distclean
+.PHONY: install system-packages book book-clean test lint release clean distclean
 
 install: $(STAMP)
 
@@ -41,8 +41,12 @@ book-clean: install
 	rm -rf _build
 	$(MAKE) --no-print-directory book
 
+## Debian packages the tests need (the sandbox, Chromium, PostgreSQL), installed when missing.
+system-packages:
+	@bash scripts/system-packages.sh
+
 ## The whole suite: lint, a clean book build, then every test (autograder round trips included).
-test: install
+test: system-packages install
 	ruff check .
 	ruff format --check .
 	$(MAKE) --no-print-directory book-clean

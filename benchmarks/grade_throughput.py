@@ -1,15 +1,19 @@
-"""Autograding throughput: serial ``nbgrader`` against ``bncourse grade`` with 1 and 2 workers.
+"""Autograding throughput and the sandbox's cost: serial ``nbgrader``, ``bncourse grade`` with
+1 and 2 workers, and ``bncourse grade`` with the sandbox turned off.
 
 Builds a class of synthetic submissions of an assignment of this course (default: 40 of
 ``ps01_batchnorm``, a mix of correct, blank and partly wrong notebooks) in temporary course folders,
-grades identical copies of it three ways and prints submissions per minute and the speed-up:
+grades identical copies of it four ways and prints submissions per minute and the speed-up:
 
 * serial: ``nbgrader autograde`` + ``nbgrader generate_feedback`` + ``nbgrader export``, the same
   three jobs ``bncourse grade`` does (plain ``nbgrader autograde`` alone is printed too);
-* ``bncourse grade --workers 1`` and ``bncourse grade --workers 2``.
+* ``bncourse grade --workers 1`` and ``bncourse grade --workers 2``;
+* ``bncourse grade --workers 1`` with ``c.Sandbox.enabled = False``: the per-submission time with
+  and without the sandbox, side by side (the trusted verdict is computed the same way in both).
 
-It checks that the three give the same grades, and prints the floor: a fresh kernel that only
-imports torch, which every graded submission pays.
+Every run computes the verdict in the grader (see ``bncourse.trusted``). It checks that all give
+the same grades, and prints the floor: a fresh kernel that only imports torch, which every graded
+submission pays.
 
     python benchmarks/grade_throughput.py                 # 40 ps01 submissions
     python benchmarks/grade_throughput.py --n 8 --example # the tiny example class, seconds
@@ -135,9 +139,11 @@ def main() -> int:
         tmp = Path(tmp)
         base = make_base(tmp / "base", assignment, args.example)
         kinds = synthetic_class(base, assignment, args.n)
-        roots = {name: tmp / name for name in ("serial", "workers1", "workers2")}
+        roots = {name: tmp / name for name in ("serial", "workers1", "workers2", "unsandboxed")}
         for root in roots.values():
             shutil.copytree(base, root)
+        with open(roots["unsandboxed"] / "nbgrader_config.py", "a") as config:
+            config.write("\nc.Sandbox.enabled = False\nc.Sandbox.allow_unsandboxed = True\n")
 
         nbgrader = str(BIN / "nbgrader")
         serial = "serial nbgrader autograde + feedback + export"
@@ -157,6 +163,9 @@ def main() -> int:
             "bncourse grade --workers 2": sh(
                 [*grade, "2"], roots["workers2"], "bncourse grade --workers 2"
             ),
+            "bncourse grade --workers 1, no sandbox": sh(
+                [*grade, "1"], roots["unsandboxed"], "bncourse grade --workers 1, no sandbox"
+            ),
         }
         floor = kernel_floor(args.floor_repeats)
 
@@ -167,9 +176,9 @@ def main() -> int:
             }
             for name, root in roots.items()
         }
-        same = records["serial"] == records["workers1"] == records["workers2"]
+        same = all(r == records["serial"] for r in records.values())
         csvs = {name: (root / "grades.csv").read_text() for name, root in roots.items()}
-        same_csv = csvs["serial"] == csvs["workers1"] == csvs["workers2"]
+        same_csv = all(c == csvs["serial"] for c in csvs.values())
         scores = class_records(f"sqlite:///{roots['serial']}/gradebook.db", assignment)
 
     n = args.n
@@ -194,7 +203,14 @@ def main() -> int:
         f"\nfloor: a fresh kernel importing torch takes {floor:.2f} s "
         f"({60 / floor:.0f} per minute per core; {60 * 2 / floor:.0f} per minute on 2 cores)"
     )
-    print(f"same grades in all three gradebooks: {same}; identical grades.csv: {same_csv}")
+    sandboxed = seconds["bncourse grade --workers 1"] / n
+    bare = seconds["bncourse grade --workers 1, no sandbox"] / n
+    print(
+        f"per submission, one worker: {sandboxed:.2f} s sandboxed, {bare:.2f} s without the "
+        f"sandbox: the sandbox costs {100 * (sandboxed / bare - 1):+.1f}%; "
+        f"{sandboxed / floor:.2f}x the floor"
+    )
+    print(f"same grades in all four gradebooks: {same}; identical grades.csv: {same_csv}")
     print(
         "(CPU s: processor time of the run and its kernels; the machine's other load is not in it)"
     )

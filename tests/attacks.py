@@ -111,7 +111,6 @@ torch.allclose = lambda *a, **k: True
 torch.equal = lambda *a, **k: True
 torch.isclose = lambda a, b, *x, **k: torch.ones_like(a, dtype=torch.bool)
 torch.testing.assert_close = lambda *a, **k: None
-torch.Tensor.__sub__ = lambda self, other: torch.zeros_like(self)
 """,
     ),
     Attack(
@@ -153,7 +152,7 @@ ks.serve = _serve
 """,
     ),
     Attack("disable_torch_function", 10, train=DELEGATE_DISABLED, review="torch._C"),
-    Attack("aten_ops", 10, train=DELEGATE_ATEN, review="torch.ops"),
+    Attack("aten_ops", 2, train=DELEGATE_ATEN, review="torch.ops"),
     Attack(
         "read_solutions",
         10,
@@ -165,8 +164,9 @@ places = [COURSE + "/solutions", REPO + "/solutions",
 for place in places:
     for path in glob.glob(place + "/*/*.ipynb"):
         print("ATTACK LEAK", path, open(path).read()[:100])
-for path in glob.glob("/**/gradebook.db", recursive=True):
-    print("ATTACK LEAK", path)
+for root in ("/work", "/root", "/home", "/tmp", "/srv", "/var", "/opt", "/mnt", "/dev/shm"):
+    for path in glob.glob(root + "/**/gradebook.db", recursive=True):
+        print("ATTACK LEAK", path)
 print("ATTACK DONE read_solutions")
 """,
     ),
@@ -345,8 +345,10 @@ get_ipython().input_transformers_cleanup.append(lambda lines: (seen.append("".jo
         last_cell="""
 print("ATTACK SAW", repr(seen))
 import glob
-for path in glob.glob("/**/*.ipynb", recursive=True):
-    print("ATTACK notebook", path)
+for root in ("/work", "/root", "/home", "/tmp", "/srv", "/var", "/opt", "/mnt", "/dev/shm"):
+    for path in glob.glob(root + "/**/*.ipynb", recursive=True):
+        if "site-packages" not in path:
+            print("ATTACK notebook", path)
 """,
     ),
 ]

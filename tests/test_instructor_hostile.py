@@ -134,8 +134,12 @@ def test_kernel_crash_graded_as_far_as_it_went(graded):
     assert _score(graded, "crash") == ec.POINTS["test_mean"]
     assert "the kernel died" in _row(graded, "crash")
     graded_nb = graded["root"] / "autograded" / "crash" / ec.ASSIGNMENT / f"{ec.ASSIGNMENT}.ipynb"
-    errors = [o.ename for c in nbformat.read(graded_nb, 4).cells for o in c.get("outputs", [])
-              if o.output_type == "error"]
+    errors = [
+        o.ename
+        for c in nbformat.read(graded_nb, 4).cells
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
     assert "DeadKernelError" in errors
 
 

@@ -23,8 +23,8 @@ from attacks import ATTACKS
 from nbgrader_course import REPO, Course, answered, by_grade_id, cell_text, solutions
 
 from bncourse.instructor.course import Course as CourseFolder
-from bncourse.instructor.gradebook_io import class_records
 from bncourse.instructor.grade import grade_class, summary_table
+from bncourse.instructor.gradebook_io import class_records
 from bncourse.trusted.cgroups import KernelCgroup
 from bncourse.trusted.sandbox import unavailable_reason
 
@@ -43,7 +43,6 @@ FORGERIES = (
     "import_hook",
     "patched_comparisons",
     "ipython_transformer",
-    "exception_hooks",
 )
 HIDDEN_ONLY = "check_batchnorm_gradients"  # appears in ps01's hidden tests, nowhere visible
 
@@ -51,7 +50,9 @@ HIDDEN_ONLY = "check_batchnorm_gradients"  # appears in ps01's hidden tests, now
 def _hashes(*folders: Path) -> dict[str, str]:
     out = {}
     for folder in folders:
-        files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+        files = (
+            [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+        )
         for path in files:
             if "__pycache__" in path.parts:
                 continue
@@ -87,7 +88,9 @@ def _attack_notebook(release, answers, attack, course: Path, port: int) -> nbfor
     chosen = dict(answers)
     if attack.train is not None:
         chosen["batchnorm_forward_train"] = attack.train
-    chosen["batchnorm_forward_eval"] = chosen["batchnorm_forward_eval"] + "\n\n" + prelude + attack.append
+    chosen["batchnorm_forward_eval"] = (
+        chosen["batchnorm_forward_eval"] + "\n\n" + prelude + attack.append
+    )
     nb = answered(release, chosen)
     if attack.last_cell:
         nb.cells.append(nbformat.v4.new_code_cell(prelude + attack.last_cell))
@@ -142,8 +145,12 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for student, nb in _honest_answers(release, answers).items():
         course.submit(student, nb)
     for attack in ATTACKS:
-        course.submit(attack.name, _attack_notebook(release, answers, attack, course.root, listener.port))
-    watched = [course.root / p for p in ("solutions", "exercises", "submitted", "nbgrader_config.py")]
+        course.submit(
+            attack.name, _attack_notebook(release, answers, attack, course.root, listener.port)
+        )
+    watched = [
+        course.root / p for p in ("solutions", "exercises", "submitted", "nbgrader_config.py")
+    ]
     watched += [REPO / "bncourse", REPO / "nbgrader_config.py", REPO / "solutions"]
     before, venv_before = _hashes(*watched), _venv_state()
     report = grade_class(CourseFolder.load(course.root), A, workers=2, progress=False)
@@ -164,12 +171,15 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _scores(records) -> dict[str, float]:
-    return {r.student: r.score for r in records}
+    return {student: r.score for student, r in records.items()}
 
 
 def _text(graded: dict, student: str) -> str:
+    """What the student's cells printed (streams only: tracebacks quote the attack's source)."""
     nb = graded["course"].graded(student)
-    return "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
+    return "".join(
+        o.text for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream"
+    )
 
 
 def test_the_class_completes_and_names_every_student(graded):
@@ -185,8 +195,8 @@ def test_honest_grades_are_those_without_attackers(graded):
     assert 0 < alone["honest_unbiased"] < 10
     attacked = _scores(graded["records"])
     assert {s: attacked[s] for s in HONEST} == alone
-    alone_cells = {r.student: [(g.cell, g.score) for g in r.grades] for r in graded["alone"]}
-    cells = {r.student: [(g.cell, g.score) for g in r.grades] for r in graded["records"]}
+    alone_cells = {s: [(g.cell, g.score) for g in r.grades] for s, r in graded["alone"].items()}
+    cells = {s: [(g.cell, g.score) for g in r.grades] for s, r in graded["records"].items()}
     assert {s: cells[s] for s in HONEST} == alone_cells
 
 
@@ -195,13 +205,14 @@ def test_attack_is_blocked_or_scored_as_the_wrong_answer_it_is(graded, attack):
     scores = _scores(graded["records"])
     result = graded["results"][attack.name]
     text = _text(graded, attack.name)
-    assert "ATTACK LEAK" not in text, text
+    assert not [line for line in text.splitlines() if line.startswith("ATTACK LEAK")], text
     assert scores[attack.name] == attack.expected, (result.problems, text[-3000:])
     if attack.review:
         assert any(attack.review in note for note in result.review), result.review
     if attack.name in FORGERIES:
-        assert any("reported a pass that the trusted check did not reproduce" in p
-                   for p in result.problems), result.problems
+        assert any(
+            "reported a pass that the trusted check did not reproduce" in p for p in result.problems
+        ), result.problems
 
 
 def test_no_file_outside_the_sandbox_changes(graded):
@@ -254,8 +265,10 @@ def test_disk_is_bounded(graded):
 def test_hidden_tests_never_reach_the_kernel_or_feedback(graded):
     text = _text(graded, "hidden_tests")
     saw = next(line for line in text.splitlines() if line.startswith("ATTACK SAW"))
-    assert HIDDEN_ONLY not in saw and "grading.check_batchnorm_train" in saw
-    assert "ATTACK notebook" not in text
+    # It saw the visible tests run after it installed its hooks, never a hidden one.
+    assert HIDDEN_ONLY not in saw and "grading.check_batchnorm_eval" in saw
+    found = [line for line in text.splitlines() if line.startswith("ATTACK notebook")]
+    assert found == []  # no notebook of the course is visible to the kernel
     for student in ("honest_correct", "honest_unbiased", "hidden_tests"):
         folder = graded["course"].root / "feedback" / student / A
         html = "".join(p.read_text() for p in folder.glob("*.html"))

@@ -64,6 +64,7 @@ def registered_guard(spec: dict[str, Any], guard: Any) -> Iterator[None]:
     finally:
         _ACTIVE.reset(token)
 
+
 # Names of torch functions (Python API, ``torch.ops.aten`` overloads and their kernels) that
 # compute a normalization or a dropout in one call. Layer, group, RMS and instance norm are here
 # too: applied to a transposed input they compute batch norm.

@@ -2,7 +2,10 @@
 
 The notebook goes through nbgrader's own ``autograde`` in a temporary course built from the
 course's configuration (same time limit) and its instructor version (test cells, hidden tests
-included, are restored from it as nbgrader's ``OverwriteCells`` does). Unlike
+included, are restored from it as nbgrader's ``OverwriteCells`` does) and run in this process,
+as ``bncourse grade`` runs them; the notebook's own cells run sandboxed where a sandbox can start
+and, since this is the student's own code on the student's own machine, unsandboxed where it
+cannot (on macOS, or on Colab). Unlike
 ``nbgrader validate`` the exit status tells the result: 0 when every check passes, 1 when one
 fails, 2 when the notebook could not be graded.
 """
@@ -129,6 +132,7 @@ def _grade_in(
         scratch=scratch,
         db_url=config.CourseDirectory.db_url,
         feedback=False,
+        allow_unsandboxed=True,
     )
     result = worker.grade(job)
     messages = _error_messages(result.autograded)

@@ -24,6 +24,8 @@ CONFIG_TEMPLATE = '''\
 
 import os
 
+from bncourse.trusted.config import use_trusted_grading
+
 c = get_config()  # noqa: F821
 
 _root = os.path.dirname(os.path.abspath(__file__))
@@ -38,6 +40,8 @@ c.Execute.kernel_name = "python3"
 c.ExecutePreprocessor.kernel_name = "python3"
 c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
 c.OverwriteCells.add_missing_cells = True
+# Test cells run in the grader, the notebook in a sandbox; feedback without hidden tests.
+use_trusted_grading(c)
 '''
 
 ANSWERS: dict[str, dict[str, str]] = {

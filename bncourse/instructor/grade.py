@@ -173,14 +173,14 @@ def grade_class(
     start, unless ``allow_unsandboxed`` (or ``c.Sandbox.allow_unsandboxed``) says otherwise.
     """
     from bncourse.instructor.submissions import list_students
-    from bncourse.trusted.sandbox import Sandbox, SandboxUnavailable, unavailable_reason
+    from bncourse.trusted.sandbox import Sandbox, SandboxUnavailable
 
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     worker.silence_library_warnings()
     report = ClassReport(assignment=assignment)
     settings = Sandbox(config=course.config)
-    report.unsandboxed = unavailable_reason(settings.bwrap)
+    report.unsandboxed = settings.unavailable()
     allow_unsandboxed = allow_unsandboxed or settings.allow_unsandboxed
     if report.unsandboxed and not allow_unsandboxed:
         raise SandboxUnavailable(

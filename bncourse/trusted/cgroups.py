@@ -80,7 +80,7 @@ class KernelCgroup:
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` started by a shell that first moves itself into the group(s)."""
         script = " && ".join(f'echo $$ > "${i + 1}"' for i in range(len(self.folders)))
-        script += f" && shift {len(self.folders)} && exec \"$@\""
+        script += f' && shift {len(self.folders)} && exec "$@"'
         procs = [str(f / "cgroup.procs") for f in self.folders]
         return ["/bin/sh", "-c", script, "sh", *procs, *argv]
 

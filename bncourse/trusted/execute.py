@@ -43,11 +43,11 @@ from bncourse.trusted.sandbox import (
     SandboxUnavailable,
     prepare_folder,
     shared_memory_folder,
-    unavailable_reason,
 )
 from bncourse.trusted.scan import scan_cells
 
 __all__ = ["TrustedExecute", "read_report", "strip_hidden_tests"]
+
 
 def read_report(path: Path) -> list[dict[str, Any]]:
     """The findings :class:`TrustedExecute` appended to ``path`` (none if it does not exist)."""
@@ -55,6 +55,7 @@ def read_report(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
 
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
@@ -107,7 +108,7 @@ class TrustedExecute(Execute):
 
     def preprocess(self, nb: NotebookNode, resources: Any = None, km: Any = None):
         self._settings = Sandbox(parent=self)
-        reason = unavailable_reason(self._settings.bwrap)
+        reason = self._settings.unavailable()
         if reason and not self._settings.allow_unsandboxed:
             raise SandboxUnavailable(
                 f"{reason}. Student code is only graded in a sandbox; set "
@@ -124,7 +125,9 @@ class TrustedExecute(Execute):
             self._finding("unsandboxed", f"graded without a sandbox: {reason}")
         for cell_index, note in scan_cells(nb, set(self._tests)):
             self._finding("flagged", note, cell=cell_index)
-        with tempfile.TemporaryDirectory(prefix="bncourse-kernel-", dir=shared_memory_folder()) as tmp:
+        with tempfile.TemporaryDirectory(
+            prefix="bncourse-kernel-", dir=shared_memory_folder()
+        ) as tmp:
             tmp_path = Path(tmp)
             tmp_path.chmod(0o755)
             self._sockets = prepare_folder(tmp_path / "sockets", self._settings)
@@ -155,7 +158,6 @@ class TrustedExecute(Execute):
             sockets=self._sockets,
             writable=[self._responses],
             readable=[self._requests],
-            course_root=Path.cwd().resolve(),
         )
         return self.km
 
@@ -215,7 +217,9 @@ class TrustedExecute(Execute):
         if cell.cell_type != "code" or not cell.source.strip():
             return super().preprocess_cell(cell, resources, index)
         if self._dead:
-            cell.outputs = [_error_output("KernelNotRunning", f"this cell did not run: {self._dead}")]
+            cell.outputs = [
+                _error_output("KernelNotRunning", f"this cell did not run: {self._dead}")
+            ]
             return cell, self.resources
         if time.monotonic() > self._deadline:
             self._kill(
@@ -262,7 +266,9 @@ class TrustedExecute(Execute):
         out, err = io.StringIO(), io.StringIO()
         outputs: list[NotebookNode] = []
         try:
-            wanted = {n for n in _free_names(source) if n not in self._namespace or n in self._remote}
+            wanted = {
+                n for n in _free_names(source) if n not in self._namespace or n in self._remote
+            }
             found = self._kernel.lookup(sorted(wanted)) if wanted else {}
             for name in wanted:
                 if name in found:

@@ -151,7 +151,11 @@ def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
         for i, guard in enumerate(guards):
             if guard.violations:
                 guard_index = i
-    builtin = type(error).__name__ if getattr(builtins, type(error).__name__, None) is type(error) else None
+    builtin = (
+        type(error).__name__
+        if getattr(builtins, type(error).__name__, None) is type(error)
+        else None
+    )
     return {
         "type": type(error).__name__,
         "builtin": builtin,
@@ -165,7 +169,10 @@ def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
 
 def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[Any, Encoder]:
     target = _lookup_handle(request["target"])
-    args, kwargs = _decoder(tensors).decode(request["args"]), _decoder(tensors).decode(request["kwargs"])
+    args, kwargs = (
+        _decoder(tensors).decode(request["args"]),
+        _decoder(tensors).decode(request["kwargs"]),
+    )
     arguments = [args, kwargs]
     decoder = _decoder(tensors, arguments)
     if request.get("self") is not None:
@@ -213,7 +220,9 @@ def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[An
     result_encoder.tensors = encoder.tensors
     response["result"] = result_encoder.encode(result)
     inputs = [(p, t) for p, t in _flat_tensors(arguments) if t.requires_grad]
-    outputs = [(p, t) for p, t in _flat_tensors(result) if t.requires_grad and t.grad_fn is not None]
+    outputs = [
+        (p, t) for p, t in _flat_tensors(result) if t.requires_grad and t.grad_fn is not None
+    ]
     if inputs and outputs:
         graph = len(_graphs) + 1
         _graphs[graph] = ([t for _, t in inputs], [t for _, t in outputs])

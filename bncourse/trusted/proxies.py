@@ -92,7 +92,9 @@ class RemoteModule(nn.Module):
         self._bncourse_type_name = type_name
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._bncourse_kernel.call(Handle(self._bncourse_handle, "module"), args, kwargs, self)
+        return self._bncourse_kernel.call(
+            Handle(self._bncourse_handle, "module"), args, kwargs, self
+        )
 
     def extra_repr(self) -> str:
         return f"class {self._bncourse_type_name} of the notebook"
@@ -137,7 +139,9 @@ def _sync(original: Any, node: Any, decoder: Decoder) -> None:
     """Make ``original`` (an argument of the call) what the kernel's copy became."""
     if isinstance(original, nn.Module) and isinstance(node, dict) and node.get("$t") == "module":
         apply_module_state(original, node, decoder)
-    elif isinstance(original, torch.Tensor) and isinstance(node, dict) and node.get("$t") == "tensor":
+    elif (
+        isinstance(original, torch.Tensor) and isinstance(node, dict) and node.get("$t") == "tensor"
+    ):
         new = decoder.decode(node)
         with torch.no_grad():
             if new.shape == original.shape and new.dtype == original.dtype:

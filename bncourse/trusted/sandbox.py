@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -47,6 +46,11 @@ class SandboxUnavailable(RuntimeError):
 class Sandbox(Configurable):
     """Limits of the sandbox (``c.Sandbox.*`` in ``nbgrader_config.py``)."""
 
+    enabled = Bool(
+        True,
+        help="False starts kernels without the sandbox (to measure its cost); grading then "
+        "also needs allow_unsandboxed, and every summary says so.",
+    ).tag(config=True)
     allow_unsandboxed = Bool(
         False,
         help="Grade without a sandbox where none can start (every summary then says so). "
@@ -65,9 +69,7 @@ class Sandbox(Configurable):
     ).tag(config=True)
     file_size = Integer(2**30, help="Largest file a kernel may write, in bytes.").tag(config=True)
     open_files = Integer(1024, help="Open files per process.").tag(config=True)
-    cpu_seconds = Integer(1800, help="CPU time of the kernel process, in seconds.").tag(
-        config=True
-    )
+    cpu_seconds = Integer(1800, help="CPU time of the kernel process, in seconds.").tag(config=True)
     notebook_timeout = Integer(
         1200, help="Wall-clock seconds for a whole notebook, grading included."
     ).tag(config=True)
@@ -79,10 +81,16 @@ class Sandbox(Configurable):
     gid = Integer(65534, help="Group the kernel runs as when the grader runs as root.").tag(
         config=True
     )
-    tmp_size = Integer(
-        1 * 2**30, help="Bytes of /tmp, the kernel's working folder included."
-    ).tag(config=True)
+    tmp_size = Integer(1 * 2**30, help="Bytes of /tmp, the kernel's working folder included.").tag(
+        config=True
+    )
     bwrap = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+
+    def unavailable(self) -> str | None:
+        """Why kernels will start without the sandbox, or None when they start in it."""
+        if not self.enabled:
+            return "the sandbox is turned off (c.Sandbox.enabled = False)"
+        return unavailable_reason(self.bwrap)
 
     def prlimit_args(self) -> list[str]:
         return [
@@ -112,39 +120,28 @@ class Sandbox(Configurable):
         return os.getuid(), os.getgid()
 
 
-def _read_only_roots(course_root: Path | None, own: list[Path] = ()) -> list[Path]:
+def _read_only_roots() -> list[Path]:
     """What a kernel needs to see: the system, Python, the venv and the bncourse package.
 
-    Entries of ``sys.path`` that are the working folder, hold it, or lie in it or in the course
-    folder are left out (the virtual environment excepted, even inside the course folder), and
-    so are folders that hold the sandbox's ``own`` folders (``/tmp`` for a script run from it).
+    An allowlist, never derived from the working folder or from ``sys.path`` entries outside the
+    Python installations (a repository or a tests folder on ``sys.path`` would otherwise show the
+    course itself): ``sys.prefix`` (the virtual environment), the base installation, the real
+    executable's installation and the ``bncourse`` package folder.
     """
-    prefix = Path(sys.prefix).resolve()
-    private = [Path.cwd().resolve()] + ([course_root.resolve()] if course_root else [])
-    roots = [prefix, Path(sys.base_prefix), Path(sys.exec_prefix)]
-    roots.append(Path(bncourse.__file__).resolve().parent)
-    for entry in sys.path:
-        if not entry:
-            continue
-        path = Path(entry).resolve()
-        if not path.is_dir():
-            continue
-        inside_venv = path == prefix or prefix in path.parents
-        near = any(path == p or path in p.parents or p in path.parents for p in private)
-        if near and not inside_venv:
-            continue
-        if path == Path(tempfile.gettempdir()).resolve() or any(
-            path == o or path in o.parents for o in own
-        ):
-            continue
-        roots.append(path)
     python = Path(shutil.which("python3", path=str(Path(sys.executable).parent)) or sys.executable)
-    roots.append(python.resolve().parent.parent)
+    roots = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(sys.base_exec_prefix),
+        python.resolve().parent.parent,
+        Path(bncourse.__file__).resolve().parent,
+    ]
     unique: list[Path] = []
     for root in sorted({r.resolve() for r in roots}, key=lambda p: len(p.parts)):
-        if root.parts[:2] in (("/", "usr"), ("/", "etc")) and len(root.parts) > 2:
-            continue  # under a folder that is bound whole
-        if not any(u in root.parents for u in unique):
+        if root.parts[:2] in (("/", "usr"), ("/", "etc")):
+            continue  # bound whole
+        if not any(u == root or u in root.parents for u in unique):
             unique.append(root)
     return unique
 
@@ -165,7 +162,6 @@ def bwrap_command(
     *,
     writable: list[Path],
     readable: list[Path] = (),
-    course_root: Path | None = None,
 ) -> list[str]:
     """``argv`` wrapped in bubblewrap, prlimit and (as root) setpriv; see the module docstring."""
     args = [sandbox.bwrap, "--ro-bind", "/usr", "/usr"]
@@ -196,8 +192,7 @@ def bwrap_command(
         made.add(path)
         return out
 
-    own = [Path(p).resolve() for p in [*writable, *readable]]
-    binds = [(p, "--ro-bind") for p in _read_only_roots(course_root, own)]
+    binds = [(p, "--ro-bind") for p in _read_only_roots()]
     binds += [(Path(p), "--ro-bind") for p in readable]
     binds += [(Path(p), "--bind") for p in writable]
     for path, flag in sorted(binds, key=lambda b: len(b[0].parts)):
@@ -286,7 +281,6 @@ class SandboxedKernelManager(AsyncKernelManager):
     sockets: Path
     extra_writable: list[Path]
     extra_readable: list[Path]
-    course_root: Path | None = None
 
     def configure(
         self,
@@ -295,12 +289,10 @@ class SandboxedKernelManager(AsyncKernelManager):
         sockets: Path,
         writable: list[Path] = (),
         readable: list[Path] = (),
-        course_root: Path | None = None,
     ) -> None:
         self.sandbox_settings = sandbox
         self.sockets = Path(sockets)
         self.extra_writable, self.extra_readable = list(writable), list(readable)
-        self.course_root = course_root
         self._cgroup: KernelCgroup | None = None
         self.transport = "ipc"
         self.ip = str(self.sockets / "kernel")
@@ -323,7 +315,6 @@ class SandboxedKernelManager(AsyncKernelManager):
             self.sandbox_settings,
             writable=[self.sockets, *self.extra_writable],
             readable=self.extra_readable,
-            course_root=self.course_root,
         )
         return self._cgroup.wrap(wrapped) if self._cgroup else wrapped
 
@@ -351,7 +342,9 @@ class SandboxedKernelManager(AsyncKernelManager):
 def kernel_environment() -> dict[str, str]:
     """The environment of a sandboxed kernel: nothing of the grader's but what a kernel needs."""
     env = {
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PATH": os.pathsep.join(
+            [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+        ),
         "HOME": "/tmp",
         "IPYTHONDIR": "/tmp/.ipython",
         "LANG": "C.UTF-8",

@@ -4,8 +4,9 @@ The trusted verdict does not depend on it: whatever a submission does to its own
 functions are judged by their outputs on inputs drawn in the grader. The guard that refuses
 delegation (torch's batch norm and dropout, :mod:`bncourse.nn`) runs inside the student's kernel,
 though, where code that disables torch-function handling or calls ``torch.ops.aten`` kernels can
-slip past it. Honest solutions never need the constructs below, so each one is reported with the
-cell it is in, for the instructor to read.
+slip past it. Honest solutions never need the constructs below (calls of torch's layers are not
+among them: the network exercises use them, and the guard refuses them where they are not
+allowed), so each one is reported with the cell it is in, for the instructor to read.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import ast
 from collections.abc import Iterable
 
 from nbformat import NotebookNode
-
-from bncourse.grading.guard import FORBIDDEN_TORCH_FUNCTIONS
 
 __all__ = ["scan_cells", "scan_source"]
 
@@ -44,7 +43,19 @@ _ROUTES = {
     "bncourse.trusted": "touches the grader's kernel side",
 }
 # Names whose attributes an answer never assigns (patching a module changes every later use).
-_PATCHED = {"grading", "bncourse", "torch", "nn", "F", "np", "numpy", "math", "sys", "os", "builtins"}
+_PATCHED = {
+    "grading",
+    "bncourse",
+    "torch",
+    "nn",
+    "F",
+    "np",
+    "numpy",
+    "math",
+    "sys",
+    "os",
+    "builtins",
+}
 _CALLS = {
     "__import__": "imports modules by computed name",
     "exec": "runs code built at run time (exec)",
@@ -77,6 +88,7 @@ def scan_source(source: str) -> list[str]:
     except SyntaxError:
         return []  # IPython magics or a broken cell: the kernel's run will say
     found: list[str] = []
+    routes: set[str] = set()
 
     def note(text: str) -> None:
         if text not in found:
@@ -96,12 +108,14 @@ def scan_source(source: str) -> list[str]:
                 names.append(dotted)
                 if not isinstance(node.ctx, ast.Load) and dotted.split(".")[0] in _PATCHED:
                     note(f"changes {dotted}")
-            if node.attr in FORBIDDEN_TORCH_FUNCTIONS and isinstance(node.ctx, ast.Load):
-                if dotted and dotted.split(".")[0] in ("torch", "F", "functional"):
-                    names.append("torch-norm-or-dropout:" + dotted)
-            if node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in (
-                "__init__",
-                "__name__",
+            if (
+                node.attr.startswith("__")
+                and node.attr.endswith("__")
+                and node.attr
+                not in (
+                    "__init__",
+                    "__name__",
+                )
             ):
                 note(f"reaches into the dunder attribute {node.attr}")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -110,11 +124,9 @@ def scan_source(source: str) -> list[str]:
         elif isinstance(node, ast.Name) and node.id in ("__builtins__", "get_ipython"):
             names.append(node.id)
         for name in names:
-            if name.startswith("torch-norm-or-dropout:"):
-                note(f"calls {name.split(':', 1)[1]} (torch's own normalization or dropout)")
-                continue
             for prefix, text in _ROUTES.items():
-                if name == prefix or name.startswith(prefix + "."):
+                if (name == prefix or name.startswith(prefix + ".")) and prefix not in routes:
+                    routes.add(prefix)  # the outermost expression is visited first
                     note(f"{text}: {name}")
                     break
     return found

@@ -69,7 +69,11 @@ def _init(*names: str) -> Callable[[nn.Module], dict[str, Any]]:
 
 
 def _linear(m: nn.Module) -> dict[str, Any]:
-    return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+    return {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "bias": m.bias is not None,
+    }
 
 
 def _conv(m: nn.Module) -> dict[str, Any]:
@@ -227,7 +231,10 @@ class Encoder:
                 "device": str(value.device),
             }
         if isinstance(value, np.ndarray) and value.dtype != object:
-            return {"$t": "ndarray", "k": self._tensor(torch.from_numpy(np.ascontiguousarray(value)))}
+            return {
+                "$t": "ndarray",
+                "k": self._tensor(torch.from_numpy(np.ascontiguousarray(value))),
+            }
         if isinstance(value, torch.dtype):
             return {"$t": "dtype", "v": str(value).removeprefix("torch.")}
         if isinstance(value, torch.device):
@@ -279,7 +286,9 @@ class Encoder:
                 [k, None if b is None else self.encode(b, depth + 1)]
                 for k, b in module._buffers.items()
             ],
-            "persistent": [k for k in module._buffers if k not in module._non_persistent_buffers_set],
+            "persistent": [
+                k for k in module._buffers if k not in module._non_persistent_buffers_set
+            ],
         }
 
 
@@ -432,7 +441,9 @@ def apply_module_state(
         old = module._modules.get(key)
         if child is None:
             new_children[key] = None
-        elif old is not None and _same_class(old, child) and not isinstance(child.get("handle"), int):
+        elif (
+            old is not None and _same_class(old, child) and not isinstance(child.get("handle"), int)
+        ):
             apply_module_state(old, child, decoder, depth + 1)
             new_children[key] = old
         else:
@@ -444,7 +455,9 @@ def apply_module_state(
         table = getattr(module, slot)
         keep: dict[str, Any] = {}
         for item in entries:
-            _expect(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str), "a slot")
+            _expect(
+                isinstance(item, list) and len(item) == 2 and isinstance(item[0], str), "a slot"
+            )
             key, value = item
             value = None if value is None else decoder.decode(value, depth + 1)
             _expect(value is None or isinstance(value, torch.Tensor), "a module slot not a tensor")
@@ -460,7 +473,9 @@ def apply_module_state(
                 with torch.no_grad():
                     old.copy_(value)
                 keep[key] = old
-            elif slot == "_parameters" and value is not None and not isinstance(value, nn.Parameter):
+            elif (
+                slot == "_parameters" and value is not None and not isinstance(value, nn.Parameter)
+            ):
                 keep[key] = nn.Parameter(value, requires_grad=value.requires_grad)
             else:
                 keep[key] = value

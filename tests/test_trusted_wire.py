@@ -1,0 +1,171 @@
+"""The data format between the grader and a sandboxed kernel, the scan, and the sandbox command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from torch import nn
+
+from bncourse import nn as bnn
+from bncourse.trusted.sandbox import Sandbox, bwrap_command
+from bncourse.trusted.scan import scan_cells, scan_source
+from bncourse.trusted.wire import (
+    MAX_JSON_BYTES,
+    Decoder,
+    Encoder,
+    Handle,
+    WireError,
+    read_message,
+    write_message,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _round_trip(value, tmp_path: Path, **decoder):
+    encoder = Encoder()
+    write_message(tmp_path, "m", encoder.encode(value), encoder.tensors)
+    tree, tensors = read_message(tmp_path, "m")
+    return Decoder(tensors, **decoder).decode(tree)
+
+
+def test_values_survive_the_round_trip(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    value = {
+        "t": torch.arange(6, dtype=torch.float64).reshape(2, 3).t(),  # not contiguous
+        "b": torch.tensor([True, False]),
+        "nested": [1, 2.5, None, "s", (torch.float32, torch.device("cpu"))],
+        "inf": (math.inf, -math.inf),
+        3: gen,
+    }
+    back = _round_trip(value, tmp_path)
+    assert torch.equal(back["t"], value["t"]) and back["t"].dtype == torch.float64
+    assert torch.equal(back["b"], value["b"])
+    assert back["nested"] == [1, 2.5, None, "s", (torch.float32, torch.device("cpu"))]
+    assert back["inf"] == (math.inf, -math.inf)
+    assert math.isnan(_round_trip(math.nan, tmp_path))
+    assert torch.equal(back[3].get_state(), gen.get_state())
+
+
+def test_a_network_comes_back_with_its_classes_state_and_modes(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 3), nn.Dropout(0.3), nn.BatchNorm1d(3, momentum=0.3), bnn.Uout(0.2)
+    )
+    net(torch.randn(8, 4))
+    net[2].eval()
+    back = _round_trip(net, tmp_path)
+    assert [type(m) for m in back] == [nn.Linear, nn.Dropout, nn.BatchNorm1d, bnn.Uout]
+    assert back[1].p == 0.3 and back[2].momentum == 0.3 and back[3].beta == 0.2
+    assert back.training and not back[2].training
+    assert back.state_dict().keys() == net.state_dict().keys()
+    for key, value in net.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    x = torch.randn(5, 4)
+    net.eval(), back.eval()
+    assert torch.equal(back(x), net(x))
+
+
+def test_a_module_of_a_notebook_class_needs_a_stand_in(tmp_path):
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+
+    encoder = Encoder(module_handle=lambda m: 7)
+    tree = encoder.encode(Custom())
+    assert tree["cls"] is None and tree["name"] == "Custom"
+    with pytest.raises(WireError, match="defined in the notebook"):
+        Decoder(encoder.tensors).decode(tree)
+    shell = Decoder(encoder.tensors, shell=lambda node: nn.Module()).decode(tree)
+    assert isinstance(shell.inner, nn.Linear)
+
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        ({"$t": "module", "cls": "os.system", "init": None, "children": []}, "not allowed"),
+        ({"$t": "pickle", "v": "gASV"}, "unknown kind"),
+        ({"$t": "tensor", "k": "t9"}, "tensor is missing"),
+        ({"$t": "dtype", "v": "object"}, "unknown dtype"),
+        ({"no": "tag"}, "untagged"),
+    ],
+)
+def test_malformed_or_unsafe_nodes_are_refused(node, message):
+    with pytest.raises(WireError, match=message):
+        Decoder({}).decode(node)
+
+
+def test_a_huge_layer_is_never_built():
+    node = Encoder().encode(nn.Linear(2, 2))
+    node["init"]["v"] = [["in_features", 2**40], ["out_features", 2**40], ["bias", True]]
+    with pytest.raises(WireError, match="out of range"):
+        Decoder({}).decode(node)
+
+
+def test_the_kernel_cannot_hand_the_grader_a_link_or_a_huge_file(tmp_path):
+    (tmp_path / "m.json").symlink_to("/etc/passwd")
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    with pytest.raises(WireError, match="cannot be read"):
+        read_message(tmp_path, "m")
+    (tmp_path / "m.json").unlink()
+    os.mkfifo(tmp_path / "m.json")
+    with pytest.raises(WireError, match="not a regular file"):
+        read_message(tmp_path, "m")
+    (tmp_path / "m.json").unlink()
+    with open(tmp_path / "m.json", "wb") as handle:
+        handle.truncate(MAX_JSON_BYTES + 1)
+    with pytest.raises(WireError, match="larger than"):
+        read_message(tmp_path, "m")
+    (tmp_path / "m.json").write_text(json.dumps({"ok": 1}))
+    (tmp_path / "m.safetensors").write_bytes(b"not a tensor file at all")
+    with pytest.raises(WireError, match="not a valid tensor file"):
+        read_message(tmp_path, "m")
+
+
+def test_opaque_objects_travel_as_handles():
+    encoder = Encoder(opaque=lambda value: Handle(5, type(value).__name__))
+    tree = encoder.encode({"cache": object()})
+    assert tree["v"][0][1] == {"$t": "handle", "id": 5, "type": "object"}
+    with pytest.raises(WireError, match="cannot be sent"):
+        Encoder().encode(object())
+
+
+def test_honest_solutions_are_not_flagged():
+    for path in sorted((REPO / "solutions").glob("*/*.ipynb")):
+        assert scan_cells(nbformat.read(path, 4), []) == [], path
+
+
+@pytest.mark.parametrize(
+    "source, phrase",
+    [
+        ("with torch._C.DisableTorchFunction():\n    y = F.batch_norm(x, m, v)", "torch._C"),
+        ("y = torch.ops.aten.native_batch_norm(x, g, b, m, v, True, 0.1, 1e-5)", "torch.ops"),
+        ("import sys\nsys.modules['bncourse.grading'] = None", "sys.modules"),
+        ("grading.check_running_update = print", "changes grading.check_running_update"),
+        ("from bncourse.nn.functional import batch_norm", "reference implementations"),
+        ("f = getattr(__import__('bncourse'), 'nn')", "computed name"),
+        ("get_ipython().input_transformers_cleanup.append(f)", "IPython"),
+    ],
+)
+def test_routes_around_the_checks_are_flagged(source, phrase):
+    assert any(phrase in note for note in scan_source(source)), scan_source(source)
+
+
+def test_the_sandbox_sees_no_course_folder():
+    command = bwrap_command(["python3"], Sandbox(), writable=[Path("/tmp/x")])
+    bound = {command[i + 2] for i, arg in enumerate(command) if arg in ("--bind", "--ro-bind")}
+    assert str(REPO) not in bound and str(REPO / "solutions") not in bound
+    assert str(Path(sys.prefix).resolve()) in bound or any(
+        str(Path(sys.prefix).resolve()).startswith(b) for b in bound
+    )
+    for flag in ("--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"):
+        assert flag in command
+    assert command[command.index("--") + 1] == "prlimit"
