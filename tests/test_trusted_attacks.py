@@ -139,6 +139,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for student, nb in _honest_answers(release, answers).items():
         alone.submit(student, nb)
     alone_report = grade_class(CourseFolder.load(alone.root), A, workers=2, progress=False)
+    assert all(r.success for r in alone_report.results), summary_table(alone_report)
 
     course, release, answers = _course(tmp_path_factory.mktemp("attacked"))
     listener = _Listener()
