@@ -12,8 +12,8 @@ from example_course import BIN, make_course, release, run
 
 from bncourse.instructor import example_class as ec
 from bncourse.instructor.course import Course
-from bncourse.instructor.gradebook_io import class_records
 from bncourse.instructor.grade import grade_class, summary_table
+from bncourse.instructor.gradebook_io import class_records
 from bncourse.trusted.sandbox import SandboxUnavailable, unavailable_reason
 
 pytestmark = pytest.mark.slow
