@@ -10,8 +10,8 @@ compute the reference and compare here, so the cell's outputs, and the score nbg
 ``SaveAutoGrades`` derives from them, are this process's verdict. A submission that patches
 the checks, their modules, imports, comparisons or IPython only changes its own kernel.
 
-Then, for the record, the visible part of the test cell also runs in the kernel, as plain
-nbgrader would run it: where that run passes and the trusted one fails, the report says the
+Then, for the record, where the trusted check failed, the visible part of the test cell also runs
+in the kernel, as plain nbgrader would run it: where that run passes, the report says the
 notebook reported a pass the trusted check did not reproduce. The report (``report_path``,
 JSON lines) also lists the routes around the checks that the static scan found
 (:mod:`bncourse.trusted.scan`) and whether the kernel was sandboxed.
@@ -99,8 +99,8 @@ class TrustedExecute(Execute):
 
     compare_in_kernel = Bool(
         True,
-        help="Also run the visible part of each test cell in the kernel, to report notebooks "
-        "whose own run passes where the trusted check fails.",
+        help="Where a trusted check fails, also run the visible part of its test cell in the "
+        "kernel, to report notebooks whose own run passes where the trusted check fails.",
     ).tag(config=True)
     report_path = Unicode(
         "", help="Append findings (JSON lines) to this file; empty: log them as warnings."
@@ -245,8 +245,8 @@ class TrustedExecute(Execute):
         cell.outputs = self._run_trusted(source, grade_id)
         cell.execution_count = None
         trusted_passed = not any(o.get("output_type") == "error" for o in cell.outputs)
-        if not self.compare_in_kernel or self._dead:
-            return
+        if trusted_passed or not self.compare_in_kernel or self._dead:
+            return  # only a failed check can have been reported as a pass
         visible = strip_hidden_tests(source)
         try:
             kernel_cell = self._run_in_kernel(visible)
