@@ -336,7 +336,8 @@ print("ATTACK wrote", written)
     ),
     Attack(
         "hidden_tests",
-        10,
+        2,
+        train=WRONG_TRAIN,  # failed checks run their visible part in the kernel, for the record
         append="""
 seen = []
 get_ipython().events.register("pre_run_cell", lambda info: seen.append(info.raw_cell))

@@ -266,8 +266,9 @@ def test_disk_is_bounded(graded):
 def test_hidden_tests_never_reach_the_kernel_or_feedback(graded):
     text = _text(graded, "hidden_tests")
     saw = next(line for line in text.splitlines() if line.startswith("ATTACK SAW"))
-    # It saw the visible tests run after it installed its hooks, never a hidden one.
-    assert HIDDEN_ONLY not in saw and "grading.check_batchnorm_eval" in saw
+    # It saw the visible part of a failed test that ran after it installed its hooks, never a
+    # hidden test.
+    assert HIDDEN_ONLY not in saw and "grading.check_conv_layout" in saw
     found = [line for line in text.splitlines() if line.startswith("ATTACK notebook")]
     assert found == []  # no notebook of the course is visible to the kernel
     for student in ("honest_correct", "honest_unbiased", "hidden_tests"):
