@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncourse.trusted.wire import Decoder, Encoder, Handle, read_message, write_message
+from bncourse.trusted.wire import Decoder, Encoder, Handle, read_message, walk, write_message
 
 __all__ = ["serve"]
 
@@ -69,35 +69,17 @@ def _decoder(tensors: dict[str, torch.Tensor], arguments: Any = None) -> Decoder
     )
 
 
-def _paths(value: Any, path: list, out: dict[int, list]) -> None:
-    """Paths of the tensors, modules and generators inside the call's arguments."""
-    if isinstance(value, (torch.Tensor, nn.Module, torch.Generator)):
-        out.setdefault(id(value), list(path))
-    elif type(value) in (list, tuple):
-        for i, v in enumerate(value):
-            _paths(v, [*path, i], out)
-    elif type(value) is dict:
-        for k, v in value.items():
-            _paths(v, [*path, k], out)
+def _paths(value: Any) -> dict[int, list]:
+    """Paths of the tensors, modules and generators inside the call's arguments, by id."""
+    found: dict[int, list] = {}
+    for path, item in walk(value):
+        if isinstance(item, (torch.Tensor, nn.Module, torch.Generator)):
+            found.setdefault(id(item), path)
+    return found
 
 
 def _flat_tensors(value: Any) -> list[tuple[list, torch.Tensor]]:
-    found: dict[int, list] = {}
-    _paths(value, [], found)
-    tensors = []
-
-    def walk(v: Any, path: list) -> None:
-        if isinstance(v, torch.Tensor):
-            tensors.append((path, v))
-        elif type(v) in (list, tuple):
-            for i, item in enumerate(v):
-                walk(item, [*path, i])
-        elif type(v) is dict:
-            for k, item in v.items():
-                walk(item, [*path, k])
-
-    walk(value, [])
-    return tensors
+    return [(path, item) for path, item in walk(value) if isinstance(item, torch.Tensor)]
 
 
 def _guards(specs: list[dict[str, Any]]) -> tuple[contextlib.ExitStack, list[Any]]:
@@ -193,8 +175,7 @@ def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[An
             )
 
         hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    references: dict[int, list] = {}
-    _paths(arguments, [], references)
+    references = _paths(arguments)
     stack, guards = _guards(request.get("guards", []))
     error = None
     try:

@@ -29,6 +29,7 @@ from bncourse.trusted.wire import (
     apply_module_state,
     is_dummy_hook,
     read_message,
+    walk,
     write_message,
 )
 
@@ -121,18 +122,15 @@ def _hooked(module: nn.Module) -> bool:
     )
 
 
-def _modules_with_hooks(value: Any, path: list, out: list) -> None:
-    """[(argument path, module path, module)] of every hooked module inside the arguments."""
-    if isinstance(value, nn.Module):
-        for name, module in value.named_modules():
-            if _hooked(module):
-                out.append((list(path), name, module))
-    elif type(value) in (list, tuple):
-        for i, v in enumerate(value):
-            _modules_with_hooks(v, [*path, i], out)
-    elif type(value) is dict:
-        for k, v in value.items():
-            _modules_with_hooks(v, [*path, k], out)
+def _modules_with_hooks(value: Any) -> list[tuple[list, str, nn.Module]]:
+    """(argument path, module path, module) of every hooked module inside the arguments."""
+    return [
+        (path, name, module)
+        for path, item in walk(value)
+        if isinstance(item, nn.Module)
+        for name, module in item.named_modules()
+        if _hooked(module)
+    ]
 
 
 def _sync(original: Any, node: Any, decoder: Decoder) -> None:
@@ -164,16 +162,6 @@ def _sync(original: Any, node: Any, decoder: Decoder) -> None:
         for key, sub in node["v"]:
             if key in original:
                 _sync(original[key], sub, decoder)
-
-
-def _collect(value: Any, path: list, out: dict[tuple, Any]) -> None:
-    out[tuple(path)] = value
-    if type(value) in (list, tuple):
-        for i, v in enumerate(value):
-            _collect(v, [*path, i], out)
-    elif type(value) is dict:
-        for k, v in value.items():
-            _collect(v, [*path, k], out)
 
 
 def _replace(value: Any, path: list, replacements: dict[tuple, Any]) -> Any:
@@ -259,8 +247,7 @@ class Kernel:
         """Call the kernel's object ``target`` (``module``: the stand-in whose forward this is)."""
         encoder = self._encoder()
         arguments = [list(args), dict(kwargs)]
-        hooked: list = []
-        _modules_with_hooks(arguments, [], hooked)
+        hooked = _modules_with_hooks(arguments)
         if module is not None:
             hooked += [(None, name, m) for name, m in module.named_modules() if _hooked(m)]
         guards = active_guards()
@@ -319,10 +306,8 @@ class Kernel:
                 module.training = training
 
     def _join_graph(self, graph: dict[str, Any], arguments: Any, result: Any) -> Any:
-        flat_args: dict[tuple, Any] = {}
-        _collect(arguments, [], flat_args)
-        flat_result: dict[tuple, Any] = {}
-        _collect(result, [], flat_result)
+        flat_args = {tuple(path): item for path, item in walk(arguments)}
+        flat_result = {tuple(path): item for path, item in walk(result)}
         inputs = [flat_args.get(tuple(p)) for p in graph.get("inputs", [])]
         outputs = [flat_result.get(tuple(p)) for p in graph.get("outputs", [])]
         if not all(isinstance(t, torch.Tensor) for t in inputs + outputs):

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ __all__ = [
     "Handle",
     "WireError",
     "read_message",
+    "walk",
     "write_message",
 ]
 
@@ -160,6 +161,17 @@ _DTYPES = {
     )
 }
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def walk(value: Any, path: tuple = ()) -> Iterator[tuple[list, Any]]:
+    """``value`` and everything inside its lists, tuples and dicts, each with its path."""
+    yield list(path), value
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            yield from walk(item, (*path, i))
+    elif type(value) is dict:
+        for key, item in value.items():
+            yield from walk(item, (*path, key))
 
 
 def is_dummy_hook(hook: Any) -> bool:
