@@ -212,7 +212,8 @@ def main() -> int:
     )
     print(f"same grades in all four gradebooks: {same}; identical grades.csv: {same_csv}")
     print(
-        "(CPU s: processor time of the run and its kernels; the machine's other load is not in it)"
+        "(CPU s: processor time of the run and its kernels; the machine's other load is not in "
+        "it, and neither is that of sandboxed kernels, which are killed rather than waited for)"
     )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0 if same and same_csv else 1

@@ -2,7 +2,8 @@
 
 Every attack is a :class:`Attack`: what goes into the two solution cells of ps01_batchnorm
 (``train`` and ``eval``, the instructor's answers unless replaced), code appended to the
-``eval`` cell and code in an extra cell at the end of the notebook. Code may use the names
+``eval`` cell (or, for ``early`` attacks, to the ``train`` cell, before any test has run) and
+code in an extra cell at the end of the notebook. Code may use the names
 ``COURSE`` (the course folder, which an attacker is assumed to know), ``REPO`` (this
 repository) and ``PORT`` (a port the test listens on). Lines an attack prints start with
 ``ATTACK`` so that the tests can read what it managed.
@@ -59,6 +60,8 @@ class Attack:
     last_cell: str = ""
     review: str | None = None
     """A phrase the review notes must contain (a route around the guard), if any."""
+    early: bool = False
+    """Append to the first solution cell, so that the attack acts before every test cell."""
 
 
 ATTACKS = [
@@ -66,6 +69,7 @@ ATTACKS = [
         "patch_checks",
         2,
         train=WRONG_TRAIN,
+        early=True,
         append="""
 import bncourse.grading as g
 for name in dir(g):
@@ -77,6 +81,7 @@ for name in dir(g):
         "fake_module",
         2,
         train=WRONG_TRAIN,
+        early=True,
         append="""
 import sys, types, bncourse
 fake = types.ModuleType("bncourse.grading")
@@ -89,6 +94,7 @@ bncourse.grading = fake
         "import_hook",
         2,
         train=WRONG_TRAIN,
+        early=True,
         append="""
 import builtins, types
 _real_import = builtins.__import__
@@ -105,6 +111,7 @@ builtins.__import__ = _hook
         "patched_comparisons",
         2,
         train=WRONG_TRAIN,
+        early=True,
         append="""
 import torch.testing
 torch.allclose = lambda *a, **k: True
@@ -117,6 +124,7 @@ torch.testing.assert_close = lambda *a, **k: None
         "ipython_transformer",
         2,
         train=WRONG_TRAIN,
+        early=True,
         append="""
 def _skip_tests(lines):
     return ["pass\\n"] if any("grading." in line for line in lines) else lines
@@ -127,6 +135,7 @@ get_ipython().input_transformers_cleanup.append(_skip_tests)
         "exception_hooks",
         2,
         train=WRONG_TRAIN,
+        early=True,
         append="""
 import sys
 sys.excepthook = lambda *a: None

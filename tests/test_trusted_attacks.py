@@ -88,9 +88,8 @@ def _attack_notebook(release, answers, attack, course: Path, port: int) -> nbfor
     chosen = dict(answers)
     if attack.train is not None:
         chosen["batchnorm_forward_train"] = attack.train
-    chosen["batchnorm_forward_eval"] = (
-        chosen["batchnorm_forward_eval"] + "\n\n" + prelude + attack.append
-    )
+    cell = "batchnorm_forward_train" if attack.early else "batchnorm_forward_eval"
+    chosen[cell] = chosen[cell] + "\n\n" + prelude + attack.append
     nb = answered(release, chosen)
     if attack.last_cell:
         nb.cells.append(nbformat.v4.new_code_cell(prelude + attack.last_cell))

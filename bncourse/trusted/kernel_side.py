@@ -11,6 +11,9 @@ grader compares what comes back with its own reference. A request is one of
              them, the random state, the guards' refusals, what hooked modules saw, and a graph
              handle when the result depends on arguments that require grad;
 ``backward`` gradients of a graph kept from a call, for given output gradients.
+
+The grader imports this module before the notebook's first cell, so that what it uses is bound
+before the submission can replace modules in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from IPython import get_ipython
 from torch import nn
 
+from bncourse.grading.backward import forbid_autograd
+from bncourse.grading.guard import ReferenceCallError, forbid_reference
 from bncourse.trusted.wire import Decoder, Encoder, Handle, read_message, walk, write_message
 
 __all__ = ["serve"]
@@ -54,8 +60,6 @@ def _lookup_handle(node: dict[str, Any]) -> Any:
 
 
 def _user_namespace() -> dict[str, Any]:
-    from IPython import get_ipython
-
     shell = get_ipython()
     return shell.user_ns if shell is not None else {}
 
@@ -83,9 +87,6 @@ def _flat_tensors(value: Any) -> list[tuple[list, torch.Tensor]]:
 
 
 def _guards(specs: list[dict[str, Any]]) -> tuple[contextlib.ExitStack, list[Any]]:
-    from bncourse.grading.backward import forbid_autograd
-    from bncourse.grading.guard import forbid_reference
-
     stack, guards = contextlib.ExitStack(), []
     for spec in specs:
         if spec.get("kind") == "autograd":
@@ -125,8 +126,6 @@ def _module_at(root: Any, arg_path: list, module_path: str) -> nn.Module:
 
 
 def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
-    from bncourse.grading.guard import ReferenceCallError
-
     lines = traceback.format_exception(type(error), error, error.__traceback__)
     guard_index = None
     if isinstance(error, ReferenceCallError):
