@@ -44,7 +44,8 @@ FORGERIES = (
     "patched_comparisons",
     "ipython_transformer",
 )
-HIDDEN_ONLY = "check_batchnorm_gradients"  # appears in ps01's hidden tests, nowhere visible
+HIDDEN_ONLY = "check_batchnorm_gradients"  # in ps01's first hidden tests, nowhere visible
+HIDDEN_LATER = "dtype=torch.float64"  # in the hidden tests of every cell, nowhere visible
 
 
 def _hashes(*folders: Path) -> dict[str, str]:
@@ -267,7 +268,7 @@ def test_hidden_tests_never_reach_the_kernel_or_feedback(graded):
     saw = next(line for line in text.splitlines() if line.startswith("ATTACK SAW"))
     # It saw the visible part of a failed test that ran after it installed its hooks, never a
     # hidden test.
-    assert HIDDEN_ONLY not in saw and "grading.check_conv_layout" in saw
+    assert HIDDEN_LATER not in saw and "grading.check_conv_layout" in saw
     found = [line for line in text.splitlines() if line.startswith("ATTACK notebook")]
     assert found == []  # no notebook of the course is visible to the kernel
     for student in ("honest_correct", "honest_unbiased", "hidden_tests"):
