@@ -153,6 +153,10 @@ def test_honest_solutions_are_not_flagged():
         ("from bncourse.nn.functional import batch_norm", "reference implementations"),
         ("f = getattr(__import__('bncourse'), 'nn')", "computed name"),
         ("get_ipython().input_transformers_cleanup.append(f)", "IPython"),
+        ("import torch as T\nwith T._C.DisableTorchFunction():\n    pass", "_C"),
+        ("import torch as T\n_m = T\n_c = _m._C\nwith _c.DisableTorchFunction():\n    pass", "_C"),
+        ("from torch import ops as o\ny = o.aten.native_batch_norm", "torch.ops"),
+        ("import bncourse.nn as ref\ny = ref.functional.batch_norm", "reference implementations"),
     ],
 )
 def test_routes_around_the_checks_are_flagged(source, phrase):

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from jupyter_core.utils import ensure_async, run_sync
 from nbclient.exceptions import DeadKernelError
 from nbformat import NotebookNode
@@ -143,9 +144,11 @@ class TrustedExecute(Execute):
             self._primed = False
             self._deadline = time.monotonic() + self._settings.notebook_timeout
             self._index = 0
+            rng = torch.get_rng_state()  # a kernel's answers set it: give it back for classmates
             try:
                 return super().preprocess(nb, resources, km)
             finally:
+                torch.set_rng_state(rng)
                 self._write_report()
 
     # -- the kernel ---------------------------------------------------------------------------
@@ -326,8 +329,12 @@ class TrustedExecute(Execute):
         except Exception as error:  # a failed check, or the student's error brought back
             notes = [str(n) for n in getattr(error, "__notes__", [])]
             outputs.append(_error_output(type(error).__name__, str(error), notes))
-        streams = [("stdout", out.getvalue()), ("stderr", err.getvalue())]
-        return [new_output("stream", name=n, text=t) for n, t in streams if t] + outputs
+        if err.getvalue():  # nbgrader zeroes a test cell with stderr: the grader's warnings go
+            self.log.debug("grader's stderr in %s: %s", grade_id, err.getvalue())  # to the log
+        printed = (
+            [new_output("stream", name="stdout", text=out.getvalue())] if out.getvalue() else []
+        )
+        return printed + outputs
 
     # -- what the gradebook does not hold -----------------------------------------------------
 

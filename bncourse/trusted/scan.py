@@ -70,15 +70,47 @@ _CALLS = {
 }
 
 
-def _dotted(node: ast.AST) -> str | None:
+# Attribute names that only a route around the checks reaches for, under any alias of torch.
+_NAMES = {
+    "_C": "uses torch's C bindings (_C)",
+    "DisableTorchFunction": "turns off torch-function handling (DisableTorchFunction)",
+    "DisableTorchFunctionSubclass": "turns off torch-function handling",
+    "_disabled_torch_function_impl": "turns off torch-function handling",
+    "_ops": "calls ATen kernels directly (_ops)",
+    "aten": "calls ATen kernels directly (aten)",
+}
+
+
+def _dotted(node: ast.AST, aliases: dict[str, str] | None = None) -> str | None:
+    """``a.b.c`` of an attribute chain, its head replaced by what it was imported or bound as."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
     if isinstance(node, ast.Name):
-        parts.append(node.id)
+        parts.append((aliases or {}).get(node.id, node.id))
         return ".".join(reversed(parts))
     return None
+
+
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Names bound to modules or their attributes: ``import torch as T``, ``_m = T``, ..."""
+    aliases: dict[str, str] = {}
+    for _ in range(3):  # chains of assignments
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname:
+                        aliases[alias.asname] = alias.name
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            elif isinstance(node, ast.Assign) and isinstance(node.value, (ast.Name, ast.Attribute)):
+                value = _dotted(node.value, aliases)
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and value and value != target.id:
+                        aliases[target.id] = value
+    return aliases
 
 
 def scan_source(source: str) -> list[str]:
@@ -89,6 +121,7 @@ def scan_source(source: str) -> list[str]:
         return []  # IPython magics or a broken cell: the kernel's run will say
     found: list[str] = []
     routes: set[str] = set()
+    aliases = _aliases(tree)
 
     def note(text: str) -> None:
         if text not in found:
@@ -103,7 +136,9 @@ def scan_source(source: str) -> list[str]:
                 if module:
                     names.append(module)
         elif isinstance(node, ast.Attribute):
-            dotted = _dotted(node)
+            if node.attr in _NAMES:
+                note(_NAMES[node.attr])
+            dotted = _dotted(node, aliases)
             if dotted:
                 names.append(dotted)
                 if not isinstance(node.ctx, ast.Load) and dotted.split(".")[0] in _PATCHED:
@@ -123,6 +158,8 @@ def scan_source(source: str) -> list[str]:
                 note(_CALLS[node.func.id])
         elif isinstance(node, ast.Name) and node.id in ("__builtins__", "get_ipython"):
             names.append(node.id)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in aliases:
+            names.append(aliases[node.id])
         for name in names:
             for prefix, text in _ROUTES.items():
                 if (name == prefix or name.startswith(prefix + ".")) and prefix not in routes:
