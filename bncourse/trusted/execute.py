@@ -24,6 +24,7 @@ import builtins
 import contextlib
 import io
 import json
+import math
 import os
 import queue
 import tempfile
@@ -272,9 +273,14 @@ class TrustedExecute(Execute):
             cell.outputs = [_error_output("NotebookTimeout", self._dead)]
             return cell, self.resources
         saved = self.timeout
-        self.timeout = int(max(1, min(saved or 1e9, self._deadline - time.monotonic())))
+        self.timeout = max(1, math.ceil(min(saved or 1e9, self._deadline - time.monotonic())))
         try:
-            return super().preprocess_cell(cell, resources, index)
+            result = super().preprocess_cell(cell, resources, index)
+            if time.monotonic() >= self._deadline:  # the cell ran into the notebook's limit
+                self._kill(
+                    f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
+                )
+            return result
         except DeadKernelError:
             self._dead = "the kernel died (os._exit, a crash or out of memory)"
             self._finding("killed", f"cell {index}: {self._dead}", cell=index)
