@@ -174,14 +174,7 @@ class TrustedExecute(Execute):
         Straight on the kernel's shell channel, not as a notebook cell: a check calls its
         function dozens of times, and nbclient's per-cell bookkeeping would cost more than the call.
         """
-        if self._dead:
-            raise KernelError(self._dead)
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            self._kill(
-                f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
-            )
-            raise KernelError(self._dead)
+        remaining = self._time_left()
         timeout = min(self.timeout or remaining, remaining)
         reply = self._run_sync(self._request_reply, code, timeout)
         content = reply.get("content", {})
@@ -211,14 +204,7 @@ class TrustedExecute(Execute):
                 return msg
 
     def _run_in_kernel(self, source: str) -> NotebookNode:
-        if self._dead:
-            raise KernelError(self._dead)
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            self._kill(
-                f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
-            )
-            raise KernelError(self._dead)
+        remaining = self._time_left()
         cell = new_code_cell(source)
         saved, notebook_cell = self.timeout, self.nb.cells[self._index]
         self.timeout = int(max(1, min(saved or remaining, remaining)))
@@ -231,6 +217,20 @@ class TrustedExecute(Execute):
             self.timeout = saved
             self.nb.cells[self._index] = notebook_cell  # nbclient stores the cell it ran there
         return cell
+
+    def _time_left(self) -> float:
+        """Seconds the notebook has left; KernelError if its kernel is gone or its time is up."""
+        if self._dead:
+            raise KernelError(self._dead)
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._kill_at_limit()
+            raise KernelError(self._dead)
+        return remaining
+
+    def _kill_at_limit(self) -> None:
+        """Stop the notebook: it ran past its wall-clock limit."""
+        self._kill(f"the notebook ran past its time limit of {self._settings.notebook_timeout} s")
 
     def _kill(self, why: str) -> None:
         self._dead = why
@@ -267,9 +267,7 @@ class TrustedExecute(Execute):
             ]
             return cell, self.resources
         if time.monotonic() > self._deadline:
-            self._kill(
-                f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
-            )
+            self._kill_at_limit()
             cell.outputs = [_error_output("NotebookTimeout", self._dead)]
             return cell, self.resources
         saved = self.timeout
@@ -277,9 +275,7 @@ class TrustedExecute(Execute):
         try:
             result = super().preprocess_cell(cell, resources, index)
             if time.monotonic() >= self._deadline:  # the cell ran into the notebook's limit
-                self._kill(
-                    f"the notebook ran past its time limit of {self._settings.notebook_timeout} s"
-                )
+                self._kill_at_limit()
             return result
         except DeadKernelError:
             self._dead = "the kernel died (os._exit, a crash or out of memory)"
