@@ -10,8 +10,9 @@ export PYTHONHASHSEED := 0
 STAMP := $(VENV)/.installed-stamp
 BOOK_FLAGS := --all -W -n --keep-going
 ASSIGNMENTS := $(notdir $(wildcard solutions/*))
+CHAPTERS := $(shell grep -l '^```{code-cell}' book/*.md)
 
-.PHONY: install system-packages book book-clean test lint release clean distclean
+.PHONY: install system-packages book book-clean test lint release notebooks clean distclean
 
 install: $(STAMP)
 
@@ -56,11 +57,18 @@ lint: install
 	ruff check .
 	ruff format --check .
 
-## Regenerate the student notebooks in exercises/ from solutions/ with nbgrader.
+## Regenerate the student notebooks in exercises/ from solutions/ with nbgrader, and the test
+## versions installed with the package for `bncourse check` (bncourse/instructor/assignments/).
 release: install
 	@for a in $(ASSIGNMENTS); do \
 	  nbgrader generate_assignment "$$a" --force --no-db --log-level=WARN; \
 	done
+	python -m bncourse.instructor.packaged solutions
+
+## Write book/<chapter>.ipynb, the notebook twin (no outputs) of every chapter that runs code: the
+## book's Colab and Binder buttons open it. The chapters' .md files stay the source.
+notebooks: install
+	@for f in $(CHAPTERS); do jupytext --quiet --to ipynb "$$f"; done
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache gradebook.db .nbgrader.log

@@ -2,7 +2,7 @@
 
 import os
 
-from bncourse.trusted.config import use_trusted_grading
+from bncourse.instructor.course import apply_grading_settings
 
 c = get_config()  # noqa: F821 (provided by nbgrader when it loads this file)
 
@@ -24,18 +24,6 @@ c.CourseDirectory.ignore = [
     "*.py",
     "*.txt",
 ]
-# nbgrader's default is 30 s per cell; set it explicitly for autograde and validate alike.
-c.Execute.timeout = 120
-c.ExecutePreprocessor.timeout = 120
-c.Execute.kernel_name = "python3"
-c.ExecutePreprocessor.kernel_name = "python3"
-c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-# A deleted test cell is put back (and graded) instead of silently scoring zero.
-c.OverwriteCells.add_missing_cells = True
-# Student code runs in a sandboxed kernel (bubblewrap); every autograded test cell runs in the
-# grader's process against stand-ins of the notebook's functions, so the score is computed where
-# student code never ran, and feedback never shows hidden tests (bncourse/trusted/).
-use_trusted_grading(c)
-# Limits of each sandbox (see bncourse.trusted.sandbox.Sandbox for all of them).
-c.Sandbox.memory_limit = 4 * 2**30  # bytes, for the kernel and everything it starts
-c.Sandbox.notebook_timeout = 1200  # wall-clock seconds for a whole notebook
+# Time limits, kernel, stubs, restored cells, trusted grading and sandbox limits: the same
+# settings `bncourse check` uses for a notebook checked outside this folder.
+apply_grading_settings(c)

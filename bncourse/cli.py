@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,10 +134,27 @@ def _run_check(args: argparse.Namespace) -> int:
     return check_notebook(args.notebook, assignment=args.assignment, course_dir=args.course_dir)
 
 
+GRADING_TOOLS = ("nbgrader", "nbclient", "nbformat", "ipykernel")
+
+
+def missing_grading_tools() -> list[str]:
+    """The packages of the ``check`` extra that ``grade`` and ``check`` need and this Python lacks."""
+    return [name for name in GRADING_TOOLS if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    missing = missing_grading_tools()
+    if missing:
+        from bncourse.distribution import CHECK_EXTRA, install_command
+
+        print(
+            f"error: bncourse {args.command} needs {', '.join(missing)}, which the package "
+            f"installs with its {CHECK_EXTRA!r} extra: {install_command(CHECK_EXTRA)}"
+        )
+        return 2
     return args.func(args)

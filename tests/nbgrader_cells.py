@@ -13,7 +13,10 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from bncourse.distribution import setup_cell_source
+
 SCHEMA_VERSION = 3
+INSTALL_ID = "install"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
@@ -87,8 +90,15 @@ def scratch(cell_id: str, source: str) -> NotebookNode:
     return new_code_cell(_text(source), id=cell_id)
 
 
+def install() -> NotebookNode:
+    """The read-only set-up cell every notebook begins with: installs the course's package on
+    Colab, Binder or wherever it is missing, and does nothing where it is installed."""
+    return readonly_code(INSTALL_ID, setup_cell_source())
+
+
 def notebook(cells: list[NotebookNode]) -> NotebookNode:
-    """A notebook of ``cells`` with a python3 kernel, validated by nbformat."""
+    """A notebook of the set-up cell and ``cells``, with a python3 kernel, validated by nbformat."""
+    cells = [install(), *cells]
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError(f"cell ids must be unique, got {ids}")

@@ -3,7 +3,9 @@
 The notebook goes through nbgrader's own ``autograde`` in a temporary course built from the
 course's configuration (same time limit) and its instructor version (test cells, hidden tests
 included, are restored from it as nbgrader's ``OverwriteCells`` does) and run in this process,
-as ``bncourse grade`` runs them; the notebook's own cells run sandboxed where a sandbox can start
+as ``bncourse grade`` runs them. Outside a course folder (a notebook downloaded from the book or
+saved from Colab) the course and assignment installed with the package take their place, the
+assignment recognised from the notebook's graded cells; the notebook's own cells run sandboxed where a sandbox can start
 and, since this is the student's own code on the student's own machine, unsandboxed where it
 cannot (on macOS, or on Colab). Unlike
 ``nbgrader validate`` the exit status tells the result: 0 when every check passes, 1 when one
@@ -22,8 +24,8 @@ from typing import TextIO
 
 import nbformat
 
-from bncourse.instructor import worker
-from bncourse.instructor.course import Course, find_course_dir
+from bncourse.instructor import packaged, worker
+from bncourse.instructor.course import Course, find_course_dir, packaged_course
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STUDENT = "student"
@@ -80,21 +82,79 @@ def _source_for(course: Course, assignment: str) -> Path:
     )
 
 
+def _course_source(
+    notebook: Path, assignment: str | None, course_dir: Path | None
+) -> tuple[Course, str, Path] | None:
+    """The course folder that holds the notebook's assignment: its course, name and source.
+
+    ``None`` when no folder at or above the notebook is a course holding that assignment (a
+    notebook saved anywhere else): then the copy installed with the package grades it.
+    """
+    if course_dir is not None:
+        course = Course.load(course_dir)
+        if assignment is None:
+            try:
+                return course, notebook.parent.name, _source_for(course, notebook.parent.name)
+            except FileNotFoundError:
+                assignment = packaged.identify(_read(notebook), _course_notebooks(course))
+        return course, assignment, _source_for(course, assignment)
+    try:
+        course = Course.load(find_course_dir(notebook.parent))
+    except FileNotFoundError:
+        return None
+    try:
+        name = assignment or notebook.parent.name
+        return course, name, _source_for(course, name)
+    except FileNotFoundError:
+        return None
+
+
+def _course_notebooks(course: Course) -> dict[str, list[Path]]:
+    """Each assignment of the course folder and its instructor (else student) notebooks."""
+    found: dict[str, list[Path]] = {}
+    for top in (course.release_dir, course.source_dir):
+        for folder in sorted(p for p in top.glob("*") if p.is_dir()):
+            if notebooks := sorted(folder.glob("*.ipynb")):
+                found[folder.name] = notebooks
+    return found
+
+
+def _read(notebook: Path) -> nbformat.NotebookNode:
+    try:
+        return nbformat.read(notebook, as_version=4)
+    except Exception as exc:  # nbformat raises several kinds for a file that is not a notebook
+        raise FileNotFoundError(f"{notebook} is not a valid notebook ({exc})") from exc
+
+
 def grade_notebook(
     notebook: Path, *, assignment: str | None = None, course_dir: Path | None = None
 ) -> tuple[worker.GradeResult, list[PartResult]]:
-    """Autograde ``notebook`` in a temporary copy of its course; the result and its parts."""
+    """Autograde ``notebook`` in a temporary copy of its course; the result and its parts.
+
+    The course is ``course_dir``, else the course folder around the notebook when it holds the
+    assignment, else this course as installed with the package (:mod:`.packaged`), the
+    assignment then recognised from the notebook's graded cells unless ``assignment`` names it.
+    The notebook itself is only read.
+    """
     notebook = Path(notebook).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
-    course = Course.load(course_dir or find_course_dir(notebook.parent))
-    assignment = assignment or notebook.parent.name
-    source = _source_for(course, assignment)
+    found = _course_source(notebook, assignment, course_dir)
     worker.silence_library_warnings()
     with tempfile.TemporaryDirectory(prefix="bncourse-check-") as tmp:
+        if found is None:
+            name = assignment or packaged.identify(_read(notebook))
+            course = packaged_course(Path(tmp) / "installed")
+            source = Path(tmp) / "installed" / "solutions" / name
+            source.mkdir(parents=True)
+            shutil.copyfile(packaged.packaged_notebook(name), source / f"{name}.ipynb")
+        else:
+            course, name, source = found
+        work = Path(tmp) / "course"
+        work.mkdir()
         saved = worker.redirect_stderr(Path(tmp) / "stderr.log")
         try:
-            return _grade_in(Path(tmp), notebook, course, assignment, source)
+            return _grade_in(work, notebook, course, name, source)
         finally:
             worker.restore_stderr(saved)
 
@@ -117,7 +177,12 @@ def _grade_in(
     expected = expected_notebooks(Course(root=tmp, config=config), assignment)
     submitted = tmp / "upload" / STUDENT / assignment
     submitted.mkdir(parents=True)
-    shutil.copyfile(notebook, submitted / notebook.name)
+    # a notebook renamed on the way ("Copy of ps01.ipynb", "ps01 (1).ipynb") is graded as the
+    # assignment's notebook when the assignment has only one
+    name = (
+        notebook.stem if notebook.stem in expected or len(expected) != 1 else next(iter(expected))
+    )
+    shutil.copyfile(notebook, submitted / f"{name}.ipynb")
     scratch = tmp / "scratch"
     scratch.mkdir()
     job = worker.GradeJob(

@@ -14,6 +14,41 @@ from sqlalchemy.engine import make_url
 from traitlets.config import Config
 
 CONFIG_FILE = "nbgrader_config.py"
+CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+
+
+def apply_grading_settings(c: Config) -> None:
+    """This course's grading settings, for its ``nbgrader_config.py`` and for ``bncourse check``.
+
+    Per-cell time limit, kernel, the stub that replaces solutions, deleted test cells put back,
+    trusted grading (student code in a sandboxed kernel, test cells in the grader) and the
+    sandbox's limits.
+    """
+    from bncourse.trusted.config import use_trusted_grading
+
+    # nbgrader's default is 30 s per cell; set it explicitly for autograde and validate alike.
+    for section in ("Execute", "ExecutePreprocessor"):
+        c[section].timeout = 120
+        c[section].kernel_name = "python3"
+    c.ClearSolutions.code_stub = {"python": CODE_STUB}
+    # A deleted test cell is put back (and graded) instead of silently scoring zero.
+    c.OverwriteCells.add_missing_cells = True
+    use_trusted_grading(c)
+    c.Sandbox.memory_limit = 4 * 2**30  # bytes, for the kernel and everything it starts
+    c.Sandbox.notebook_timeout = 1200  # wall-clock seconds for a whole notebook
+
+
+def packaged_course(root: Path) -> Course:
+    """A course in the empty folder ``root`` with the settings of this course's own folder."""
+    config = Config()
+    config.CourseDirectory.root = str(root)
+    config.CourseDirectory.course_id = "bncourse"
+    config.CourseDirectory.source_directory = "solutions"
+    config.CourseDirectory.release_directory = "exercises"
+    config.CourseDirectory.db_url = "sqlite:///" + str(Path(root) / "gradebook.db")
+    apply_grading_settings(config)
+    ensure_tools_on_path()
+    return Course(root=Path(root).resolve(), config=config)
 
 
 def ensure_tools_on_path() -> None:
