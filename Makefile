@@ -60,6 +60,7 @@ lint: install
 ## Regenerate the student notebooks in exercises/ from solutions/ with nbgrader, and the test
 ## versions installed with the package for `bncourse check` (bncourse/instructor/assignments/).
 release: install
+	python scripts/setup_cells.py
 	@for a in $(ASSIGNMENTS); do \
 	  nbgrader generate_assignment "$$a" --force --no-db --log-level=WARN; \
 	done
@@ -68,6 +69,7 @@ release: install
 ## Write book/<chapter>.ipynb, the notebook twin (no outputs) of every chapter that runs code: the
 ## book's Colab and Binder buttons open it. The chapters' .md files stay the source.
 notebooks: install
+	python scripts/setup_cells.py
 	@for f in $(CHAPTERS); do jupytext --quiet --to ipynb "$$f"; done
 
 clean:

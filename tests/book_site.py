@@ -192,6 +192,39 @@ async () => {
 }
 """
 
+#: A phone held upright (an iPhone 12 to 15): the width at which the book must still fit.
+PHONE = {"width": 390, "height": 844}
+
+#: What a reader on a narrow screen would miss or have to scroll sideways for: a page wider than
+#: the screen, a table wider than its column (its last columns out of view), content cut off by
+#: an overflow that hides it, inline code running past the text. Code blocks and display math
+#: may scroll inside themselves; MathJax's hidden assistive copies are not content.
+PHONE_LAYOUT_JS = r"""
+() => {
+  const vw = document.documentElement.clientWidth;
+  const problems = [];
+  const what = (el) => `${el.tagName.toLowerCase()}${el.className && typeof el.className === 'string' ? '.' + el.className.trim().split(/\s+/).join('.') : ''} "${(el.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 60)}"`;
+  if (document.documentElement.scrollWidth > vw) problems.push(`page is ${document.documentElement.scrollWidth}px wide in a ${vw}px viewport`);
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  if (!article) return {problems};
+  const right = article.getBoundingClientRect().right;
+  for (const el of article.querySelectorAll('*')) {
+    if (el.closest('mjx-container, .math, pre')) continue;
+    const st = getComputedStyle(el);
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || st.visibility === 'hidden') continue;
+    if (el.tagName === 'TABLE' && el.getBoundingClientRect().width > el.parentElement.clientWidth + 1)
+      problems.push(`table wider than its column (${Math.round(r.width)} > ${el.parentElement.clientWidth}px): ${what(el)}`);
+    else if ((st.overflowX === 'hidden' || st.overflowX === 'clip') && el.scrollWidth > el.clientWidth + 2)
+      problems.push(`content cut off (${el.scrollWidth} > ${el.clientWidth}px): ${what(el)}`);
+    else if (el.tagName === 'CODE' && r.right > right + 1 && !el.closest('table'))
+      problems.push(`inline code runs past the text column: ${what(el)}`);
+  }
+  return {problems};
+}
+"""
+
+
 _WAIT_FOR_MATHJAX_JS = """
 async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {

@@ -24,6 +24,8 @@ import yaml
 from book_site import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    PHONE,
+    PHONE_LAYOUT_JS,
     RASTER_SUFFIXES,
     PageReport,
     block_external_requests,
@@ -78,7 +80,7 @@ def offline_context(browser, base_url):
     """A browser context that can reach only the local server; yields (context, blocked URLs)."""
 
     def make(**options):
-        context = browser.new_context(viewport=VIEWPORT, **options)
+        context = browser.new_context(**{"viewport": VIEWPORT, **options})
         blocked: list[str] = []
         block_external_requests(context, base_url, blocked)
         return context, blocked
@@ -257,8 +259,9 @@ def test_search_finds_the_variance_shift(offline_context, base_url: str, site: P
 def test_notebook_pages_offer_launch_and_download_buttons(
     site: Path, base_url: str, reports: dict[str, PageReport], launch_config: dict
 ) -> None:
-    """Binder and a download of the notebook everywhere; Colab where the source is an .ipynb
-    (Colab opens nothing else). Launch links must name files that exist in the repository."""
+    """Binder, Colab and a download of the notebook on every page that runs code. Both launch
+    buttons open a notebook of the repository (a chapter's .ipynb twin): Colab opens nothing
+    else, and Jupyter shows a MyST Markdown file as plain text."""
     binder = launch_config["binderhub_url"].rstrip("/") + "/v2/gh/"
     colab = launch_config["colab_url"].rstrip("/") + "/github/"
     root = book_root(site)
@@ -275,11 +278,11 @@ def test_notebook_pages_offer_launch_and_download_buttons(
             problems.append(f"{path}: no Binder button")
         for url in binder_links:
             repo_path = parse_qs(urlsplit(url).query)["urlpath"][0].split("/tree/", 1)[1]
-            if not (root / repo_path).is_file():
-                problems.append(f"{path}: Binder opens {repo_path}, not in the repository")
+            if not repo_path.endswith(".ipynb") or not (root / repo_path).is_file():
+                problems.append(f"{path}: Binder opens {repo_path}, not a notebook in the repo")
         colab_links = [u for u in links if u.startswith(colab)]
-        if (root / source).is_file() and not colab_links:
-            problems.append(f"{path}: no Colab button for {source}")
+        if not colab_links:
+            problems.append(f"{path}: no Colab button")
         for url in colab_links:
             repo_path = urlsplit(url).path.split("/blob/", 1)[1].split("/", 1)[1]
             if not repo_path.endswith(".ipynb") or not (root / repo_path).is_file():
@@ -339,3 +342,38 @@ def test_screenshots_of_the_landing_page_and_a_chapter(
     for name in ("landing.png", "chapter.png", "chapter-dark.png"):
         with Image.open(shots / name) as image:
             assert image.size == (VIEWPORT["width"], VIEWPORT["height"])
+
+
+def test_pages_fit_a_phone_screen(offline_context, base_url: str, pages: list[str]) -> None:
+    """At 390 px: no page wider than the screen, no table wider than its column, nothing cut
+    off, no inline code past the text (see book_site.PHONE_LAYOUT_JS)."""
+    context, _ = offline_context(viewport=PHONE, device_scale_factor=3, is_mobile=True)
+    problems = {}
+    try:
+        for path in pages:
+            page = context.new_page()
+            page.goto(base_url + path, wait_until="load")
+            found = page.evaluate(PHONE_LAYOUT_JS)["problems"]
+            page.close()
+            if found:
+                problems[path] = found
+    finally:
+        context.close()
+    assert problems == {}
+
+
+def test_the_site_has_a_favicon_at_its_root_and_on_every_page(
+    offline_context, base_url: str, site: Path
+) -> None:
+    context, _ = offline_context()
+    try:
+        root = context.request.get(base_url + "favicon.ico")
+        assert root.status == 200 and root.body()[:4] == b"\x00\x00\x01\x00"  # an ICO file
+        page = context.new_page()
+        page.goto(base_url + "book/batchnorm.html", wait_until="load")
+        icon = page.evaluate("document.querySelector('link[rel~=icon]')?.href")
+        assert icon and context.request.get(icon).status == 200
+    finally:
+        context.close()
+    without = [p for p in html_files(site) if 'rel="icon"' not in (site / p).read_text()]
+    assert without == []

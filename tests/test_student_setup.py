@@ -18,6 +18,9 @@ import pytest
 from bncourse import distribution
 from bncourse.instructor import packaged
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import setup_cells  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir())
 CHAPTERS = sorted(p for p in (REPO / "book").glob("*.md") if "```{code-cell}" in p.read_text())
@@ -209,3 +212,21 @@ def test_the_book_takes_its_repository_and_install_lines_from_the_package() -> N
     assert subs["install_student"] == f"`{distribution.install_command('check')}`"
     assert subs["install_torch_cpu"] == f"`{distribution.torch_cpu_install_command()}`"
     assert subs["clone_repository"] == f"`git clone {distribution.repository_url()}`"
+
+
+def test_the_setup_cell_writer_changes_only_the_setup_cells(tmp_path) -> None:
+    """`make release` / `make notebooks` rewrite the set-up cells after a new version; here
+    every chapter and solution is current, and a changed source lands in the first cell only."""
+    source = distribution.setup_cell_source()
+    for chapter in CHAPTERS:
+        assert not setup_cells.update_chapter(chapter, source), chapter
+        copy = tmp_path / chapter.name
+        copy.write_text(chapter.read_text())
+        assert setup_cells.update_chapter(copy, "print('new release')")
+        before, after = jupytext.read(chapter), jupytext.read(copy)
+        assert _first_code_cell(after).source == "print('new release')"
+        rest = lambda nb: [c.source for c in nb.cells if c is not _first_code_cell(nb)]  # noqa: E731
+        assert rest(after) == rest(before)
+    for assignment in ASSIGNMENTS:
+        path = REPO / "solutions" / assignment / f"{assignment}.ipynb"
+        assert not setup_cells.update_solution(path, source)
