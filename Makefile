@@ -46,12 +46,13 @@ book-clean: install
 system-packages:
 	@bash scripts/system-packages.sh
 
-## The whole suite: lint, a clean book build, then every test (autograder round trips included).
+## The whole suite: lint, a clean book build, then every test (autograder round trips included),
+## each test file on one of two processes.
 test: system-packages install
 	ruff check .
 	ruff format --check .
 	$(MAKE) --no-print-directory book-clean
-	python -m pytest
+	python -m pytest -n 2 --dist loadfile
 
 lint: install
 	ruff check .

@@ -35,6 +35,14 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum,
     return out
 """
 
+DELEGATE_VARIANT = """\
+from bncourse.grading.batchnorm import batchnorm_train_variant
+
+
+def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return batchnorm_train_variant(x, gamma, beta, running_mean, running_var, momentum, eps)
+"""
+
 LYING_TENSOR = """\
 class Liar(torch.Tensor):
     @classmethod
@@ -162,6 +170,9 @@ ks.serve = _serve
     ),
     Attack("disable_torch_function", 10, train=DELEGATE_DISABLED, review="torch._C"),
     Attack("aten_ops", 2, train=DELEGATE_ATEN, review="torch.ops"),
+    Attack(
+        "checks_own_implementation", 2, train=DELEGATE_VARIANT, review="checks' own implementation"
+    ),
     Attack(
         "read_solutions",
         10,

@@ -230,3 +230,23 @@ def test_the_setup_cell_writer_changes_only_the_setup_cells(tmp_path) -> None:
     for assignment in ASSIGNMENTS:
         path = REPO / "solutions" / assignment / f"{assignment}.ipynb"
         assert not setup_cells.update_solution(path, source)
+
+
+def test_check_names_copied_graded_cells_instead_of_failing_inside_nbgrader(tmp_path) -> None:
+    import io
+
+    from bncourse.instructor.check import check_notebook
+
+    nb = _released("exercises", "ps01_batchnorm")
+    answer = next(c for c in nb.cells if c.get("id") == "batchnorm_forward_train")
+    copy = nbformat.from_dict(answer)
+    copy["id"] = "a-copy"
+    nb.cells.insert(nb.cells.index(answer) + 1, copy)  # Jupyter's "duplicate cell"
+    path = tmp_path / "ps01_batchnorm.ipynb"
+    nbformat.write(nb, path)
+    out = io.StringIO()
+    assert check_notebook(path, out=out) == 2
+    assert "more than once" in out.getvalue() and "batchnorm_forward_train" in out.getvalue()
+    out = io.StringIO()
+    assert check_notebook(tmp_path, out=out) == 2
+    assert "is a folder, not a notebook file" in out.getvalue()

@@ -15,13 +15,18 @@ loop) must be free to call torch's layers: they pass ``torch_layers=False`` and 
 course modules that hold the reference of what they grade (``references=("bncourse.theory",)``,
 ``("bncourse.lab.probes",)``, ...). A call into any function defined in one of those files is
 refused, seen through :func:`sys.setprofile` (the modules are found by path, never imported, so
-that grading does not depend on :mod:`bncourse.lab`).
+that grading does not depend on :mod:`bncourse.lab`). The checks' own parametrised
+implementations (``bncourse.grading.*.*_variant``, correct with their default arguments) are
+refused in the same way to code written in a notebook cell (the tests of this package call
+them as submissions from their own files).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -110,6 +115,27 @@ FORBIDDEN_TORCH_FUNCTIONS: frozenset[str] = frozenset(
 
 _REFERENCE_DIR = os.path.dirname(os.path.abspath(bncourse.nn.__file__)) + os.sep
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(bncourse.__file__))
+#: The checks' own correct implementations (``*_variant`` functions, the mutants' base) live here.
+_GRADING_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+#: Where a notebook's cells are compiled: ipykernel's cell files, IPython's and exec's names.
+_CELL_FILE = re.compile(r"^<|[\\/]ipykernel_\d+[\\/]")
+
+
+@functools.lru_cache(maxsize=4096)
+def _grading_file(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_GRADING_DIR)
+
+
+def _is_check_variant(code: Any) -> bool:
+    """Whether ``code`` is one of the checks' parametrised implementations (``*_variant``)."""
+    return code.co_name.endswith("variant") and _grading_file(code.co_filename)
+
+
+def _notebook_code(code: Any) -> bool:
+    """Whether ``code`` was written in a notebook cell (or built at run time), not in a file."""
+    return bool(_CELL_FILE.search(code.co_filename))
 
 
 def _module_file(name: str) -> str:
@@ -168,13 +194,23 @@ class _Guard(TorchFunctionMode):
         """A :func:`sys.setprofile` hook: refuse a call into a function of a reference file."""
         if event != "call" or not frame.f_code.co_flags & inspect.CO_OPTIMIZED:
             return  # module and class bodies: importing a reference module is no call into it
-        filename = os.path.abspath(frame.f_code.co_filename)
-        caller = frame.f_back
+        code, caller = frame.f_code, frame.f_back
+        if _is_check_variant(code) and (caller is None or _notebook_code(caller.f_code)):
+            raise self._refuse(self._course_name(code))
+        if not self.files:
+            return
+        filename = os.path.abspath(code.co_filename)
         if filename in self.files and (
             caller is None or os.path.abspath(caller.f_code.co_filename) not in self.files
         ):
-            module = os.path.relpath(os.path.splitext(filename)[0], os.path.dirname(_PACKAGE_DIR))
-            raise self._refuse(f"{module.replace(os.sep, '.')}.{frame.f_code.co_qualname}")
+            raise self._refuse(self._course_name(code))
+
+    @staticmethod
+    def _course_name(code: Any) -> str:
+        """``bncourse.<module>.<function>`` of a code object of the package."""
+        filename = os.path.abspath(code.co_filename)
+        module = os.path.relpath(os.path.splitext(filename)[0], os.path.dirname(_PACKAGE_DIR))
+        return f"{module.replace(os.sep, '.')}.{code.co_qualname}"
 
     def _refuse(self, called: str) -> ReferenceCallError:
         self.violations.append(called)
@@ -226,10 +262,10 @@ def forbid_reference(
         "references": list(references),
     }
     previous = sys.getprofile()
-    if guard.files:
-        # A profile function that raises is switched off by Python: the violation is recorded
-        # first, and the previous one is put back on exit either way.
-        sys.setprofile(guard.profile)
+    # The profile hook refuses calls into the reference modules and into the checks' own
+    # implementations. A profile function that raises is switched off by Python: the violation
+    # is recorded first, and the previous one is put back on exit either way.
+    sys.setprofile(guard.profile)
     try:
         with registered_guard(spec, guard):
             if torch_layers:
@@ -238,5 +274,4 @@ def forbid_reference(
             else:  # torch functions pass unexamined: no need to route them through the mode
                 yield guard
     finally:
-        if guard.files:
-            sys.setprofile(previous)
+        sys.setprofile(previous)

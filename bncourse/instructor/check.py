@@ -126,6 +126,22 @@ def _read(notebook: Path) -> nbformat.NotebookNode:
         raise FileNotFoundError(f"{notebook} is not a valid notebook ({exc})") from exc
 
 
+def _refuse_copied_cells(notebook: Path) -> None:
+    """A cell copied in Jupyter keeps its nbgrader id, which nbgrader cannot grade: say which."""
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception:  # not a notebook: grading says so in its own words
+        return
+    ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.cells]
+    twice = sorted({i for i in ids if i and ids.count(i) > 1})
+    if twice:
+        raise RuntimeError(
+            f"{notebook.name}: these graded cells appear more than once, "
+            f"probably copied or split in Jupyter: {', '.join(twice)}. A copy keeps the cell's "
+            "grading id; delete the copies (keep your answer in the original cell) and check again."
+        )
+
+
 def grade_notebook(
     notebook: Path, *, assignment: str | None = None, course_dir: Path | None = None
 ) -> tuple[worker.GradeResult, list[PartResult]]:
@@ -138,7 +154,9 @@ def grade_notebook(
     """
     notebook = Path(notebook).resolve()
     if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} does not exist")
+        what = "is a folder, not a notebook file" if notebook.is_dir() else "does not exist"
+        raise FileNotFoundError(f"notebook {notebook} {what}")
+    _refuse_copied_cells(notebook)
     found = _course_source(notebook, assignment, course_dir)
     worker.silence_library_warnings()
     with tempfile.TemporaryDirectory(prefix="bncourse-check-") as tmp:
@@ -252,6 +270,8 @@ def check_notebook(
         return 2
     for note in result.problems:
         print(f"note: {note}", file=out)
+    for note in result.review:
+        print(f"note: the autograder shows this to your instructor for review: {note}", file=out)
     if not result.success:
         print(f"{Path(notebook).name} could not be graded: see the notes above.", file=out)
         return 2
@@ -266,5 +286,14 @@ def check_notebook(
         checks = sum(1 for p in parts if not p.manual)
         print(f"\n{len(failed)} of {checks} checks failed.", file=out)
         return 1
+    empty = sum(1 for p in parts if p.manual and not p.answered)
+    written = sum(1 for p in parts if p.manual)
+    if written:
+        print(
+            f"\nAll automatic checks passed; {written} written answer(s) are graded by hand"
+            + (f", {empty} still empty." if empty else "."),
+            file=out,
+        )
+        return 0
     print("\nAll checks passed.", file=out)
     return 0

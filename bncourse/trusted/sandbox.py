@@ -1,9 +1,9 @@
 """The sandbox every kernel that runs student code starts in: bubblewrap, resource limits, no network.
 
 Per kernel (see :func:`bwrap_command`): the system, the Python installation, the virtual
-environment and the ``bncourse`` package are mounted read-only; everything else of the machine,
-the course folder, ``solutions/``, other submissions and the gradebook included, does not exist
-inside. Writable: ``/tmp``, a fresh tmpfs of bounded size that holds the kernel's working folder
+environment and the ``bncourse`` package (less the assignments' test versions) are mounted
+read-only; everything else of the machine, the course folder, ``solutions/``, other submissions
+and the gradebook included, does not exist inside. Writable: ``/tmp``, a fresh tmpfs of bounded size that holds the kernel's working folder
 ``/tmp/work``, and two folders of the grader's: the kernel's sockets and its answers (in
 ``/dev/shm`` where it exists, so that what is written there is memory the control group
 counts). No network (its
@@ -149,6 +149,10 @@ def _read_only_roots() -> list[Path]:
 WORKDIR = "/tmp/work"
 """The kernel's working folder inside the sandbox."""
 
+HIDDEN_IN_PACKAGE = ("instructor/assignments",)
+"""Folders of the package a kernel never needs and must not read: the assignments' test
+versions (``bncourse check`` outside a course), whose hidden tests stay outside the kernel."""
+
 
 def shared_memory_folder() -> str | None:
     """A folder on the machine's shared-memory tmpfs for the grader's sandbox folders, if any."""
@@ -199,6 +203,10 @@ def bwrap_command(
         if path in (Path("/usr"), Path("/etc")):
             continue
         args += [*parents(path), flag, str(path), str(path)]
+    package = Path(bncourse.__file__).resolve().parent
+    for folder in HIDDEN_IN_PACKAGE:
+        if (package / folder).is_dir():
+            args += ["--tmpfs", str(package / folder)]  # an empty folder over it
     args += [
         "--chdir",
         WORKDIR,

@@ -40,6 +40,7 @@ _ROUTES = {
     "gc.get_objects": "searches the interpreter's objects",
     "get_ipython": "changes IPython itself",
     "bncourse.nn": "uses the course's reference implementations",
+    "bncourse.theory": "uses the course's closed-form reference (bncourse.theory)",
     "bncourse.trusted": "touches the grader's kernel side",
 }
 # Names whose attributes an answer never assigns (patching a module changes every later use).
@@ -161,6 +162,8 @@ def scan_source(source: str) -> list[str]:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in aliases:
             names.append(aliases[node.id])
         for name in names:
+            if name.startswith("bncourse.grading.") and name.endswith("variant"):
+                note(f"calls the checks' own implementation: {name}")
             for prefix, text in _ROUTES.items():
                 if (name == prefix or name.startswith(prefix + ".")) and prefix not in routes:
                     routes.add(prefix)  # the outermost expression is visited first
