@@ -2,20 +2,56 @@
 
 Every function and module here follows ``torch.nn`` conventions exactly: ``p`` is the probability
 of *dropping* a unit, ``momentum`` weights the *new* batch statistic, the running variance is the
-unbiased one, and ``momentum=None`` means a cumulative average.
+unbiased one, and ``momentum=None`` means a cumulative average. The modules are subclasses of
+their ``torch.nn`` twins (see :mod:`bncourse.nn.modules` for the two documented differences).
 """
 
-from bncourse.nn.functional import batch_norm, dropout, gaussian_dropout, uout
-from bncourse.nn.modules import BatchNorm1d, BatchNorm2d, Dropout, GaussianDropout, Uout
+from bncourse.nn.checks import InputError, NotATensorError, UnsupportedDtypeError
+from bncourse.nn.functional import (
+    alpha_dropout,
+    batch_norm,
+    dropout,
+    dropout1d,
+    dropout2d,
+    dropout3d,
+    gaussian_dropout,
+    uout,
+)
+from bncourse.nn.fusion import FUSER_METHODS
+from bncourse.nn.modules import (
+    AlphaDropout,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    GaussianDropout,
+    Uout,
+)
 
 __all__ = [
+    "alpha_dropout",
     "batch_norm",
     "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
     "gaussian_dropout",
     "uout",
+    "AlphaDropout",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "GaussianDropout",
     "Uout",
+    "FUSER_METHODS",
+    "InputError",
+    "NotATensorError",
+    "UnsupportedDtypeError",
 ]

@@ -16,6 +16,9 @@ where the two sums inside the bracket are the paths through the batch mean and t
 variance. In evaluation mode the statistics are constants and only the first term remains.
 Inverted dropout multiplies by the mask divided by :math:`1 - p`, so its backward pass multiplies
 the upstream gradient by that same mask: the one drawn in the forward pass.
+
+The training-mode batch norm of :mod:`bncourse.nn.functional` runs this backward pass
+(:func:`batch_norm_backward_from_statistics`) as its autograd backward.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bncourse.nn.functional import reduction_dims
+from bncourse.nn.checks import InputError, NotATensorError, per_channel, reduction_dims
 
-__all__ = ["batch_norm_backward", "dropout_backward", "dropout_mask"]
-
-
-def _per_channel(t: Tensor, ndim: int) -> Tensor:
-    return t.reshape(1, -1, *([1] * (ndim - 2)))
+__all__ = [
+    "batch_norm_backward",
+    "batch_norm_backward_from_statistics",
+    "dropout_backward",
+    "dropout_mask",
+    "multiply_add",
+]
 
 
 def batch_norm_backward(
@@ -53,57 +58,109 @@ def batch_norm_backward(
     are constants.
     """
     if not isinstance(grad_output, Tensor) or not isinstance(input, Tensor):
-        raise TypeError("grad_output and input must be torch.Tensors")
+        raise NotATensorError("grad_output and input must be torch.Tensors")
     dims = reduction_dims(input)
     if grad_output.shape != input.shape:
-        raise ValueError(
+        raise InputError(
             f"grad_output must have the shape of input {tuple(input.shape)}, "
             f"got {tuple(grad_output.shape)}"
         )
     ndim, channels = input.dim(), input.shape[1]
-    if weight is None:
-        weight = torch.ones(channels, dtype=input.dtype, device=input.device)
-    if weight.shape != (channels,):
-        raise ValueError(
+    if weight is not None and weight.shape != (channels,):
+        raise InputError(
             f"weight must have shape ({channels},), one value per channel, "
             f"got {tuple(weight.shape)}"
         )
     if training:
-        n = input.numel() // channels
-        if n <= 1:
-            raise ValueError(
+        if input.numel() // max(channels, 1) <= 1:
+            raise InputError(
                 "batch norm in training mode needs more than 1 value per channel, "
                 f"got input of shape {tuple(input.shape)}"
             )
         mean = input.mean(dim=dims, keepdim=True)
-        var = input.var(dim=dims, unbiased=False, keepdim=True)
+        centered = input - mean
+        var = (centered * centered).mean(dim=dims, keepdim=True)  # biased
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("running_mean and running_var are needed in evaluation mode")
-        mean, var = _per_channel(running_mean, ndim), _per_channel(running_var, ndim)
+            raise InputError("running_mean and running_var are needed in evaluation mode")
+        centered = input - per_channel(running_mean, ndim)
+        var = per_channel(running_var, ndim)
     inv_std = torch.rsqrt(var + eps)
-    x_hat = (input - mean) * inv_std
-    grad_bias = grad_output.sum(dim=dims)
-    grad_weight = (grad_output * x_hat).sum(dim=dims)
-    grad_x_hat = grad_output * _per_channel(weight, ndim)
-    if not training:
-        return grad_x_hat * inv_std, grad_weight, grad_bias
-    # The paths through the mean and the variance: their gradient projects grad_x_hat onto the
-    # vectors orthogonal to the constant and to x_hat, per channel.
-    mean_path = grad_x_hat.mean(dim=dims, keepdim=True)
-    var_path = x_hat * (grad_x_hat * x_hat).mean(dim=dims, keepdim=True)
-    grad_input = (grad_x_hat - mean_path - var_path) * inv_std
-    return grad_input, grad_weight, grad_bias
+    return batch_norm_backward_from_statistics(
+        grad_output, centered, inv_std, weight, training=training
+    )
+
+
+def batch_norm_backward_from_statistics(
+    grad_output: Tensor,
+    centered: Tensor,
+    inv_std: Tensor,
+    weight: Tensor | None = None,
+    *,
+    training: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The backward pass of batch norm from the forward pass's statistics.
+
+    ``centered`` is :math:`x - \mu` and ``inv_std`` is :math:`1 / \sqrt{\sigma^2 + \epsilon}`
+    shaped to broadcast over the input (``(1, C, 1, ...)``). The formula of the module docstring
+    is evaluated without forming :math:`\hat x`: with :math:`k = 1/\sqrt{\sigma^2 + \epsilon}`,
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \gamma k \, g
+        - \gamma k^3 \frac{\sum g (x - \mu)}{n} (x - \mu) - \gamma k \frac{\sum g}{n},
+
+    a per-channel multiple of :math:`g`, plus one of :math:`x - \mu`, plus a per-channel constant:
+    two sums over the batch and two multiply-adds, the least work the formula allows.
+    """
+    dims = reduction_dims(centered)
+    n = centered.numel() // max(centered.shape[1], 1)
+    products = grad_output * centered
+    grad_bias = grad_output.sum(dim=dims, keepdim=True)  # sum of g
+    grad_weight = products.sum(dim=dims, keepdim=True) * inv_std  # sum of g x_hat
+    scale = inv_std if weight is None else inv_std * per_channel(weight, centered.dim())
+    if training:
+        # The paths through the variance and through the mean, as per-channel coefficients.
+        variance_path = (
+            (scale * inv_std).mul_(grad_weight).mul_(-1 / n)
+        )  # -gamma k^3 sum g(x-mu) / n
+        mean_path = (scale * grad_bias).mul_(-1 / n)  # -gamma k sum g / n
+        grad_input = multiply_add(centered, variance_path, mean_path, reuse=products)
+        grad_input = grad_input.addcmul_(grad_output, scale)
+    else:
+        grad_input = grad_output * scale
+    return grad_input, grad_weight.flatten(), grad_bias.flatten()
+
+
+def multiply_add(x: Tensor, scale: Tensor, shift: Tensor, reuse: Tensor | None = None) -> Tensor:
+    """``x * scale + shift`` for per-channel ``scale`` and ``shift`` (shape (1, C, 1, ...)).
+
+    One fused pass (``addcmul``) for (N, C) input; for (N, C, ...) input, where the vectors
+    broadcast along trailing axes and addcmul is slower, a multiply and an in-place add.
+    ``reuse``, a tensor of the result's shape that is no longer needed, receives the result
+    (on a CPU a fresh large tensor costs about as much as a pass over it), except where autograd
+    records the operation or under ``torch.func.vmap``, which has no rule for ``out=``.
+    """
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, shift))
+    out = None if recorded or reuse is None or _inside_vmap(x) else reuse
+    if x.dim() == 2:
+        return torch.addcmul(shift, x, scale, out=out)
+    return torch.mul(x, scale, out=out).add_(shift)
+
+
+def _inside_vmap(t: Tensor) -> bool:
+    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
+    return bool(is_batched and is_batched(t))
 
 
 def dropout_mask(input: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """The keep mask (1.0 with probability ``1 - p``) that :func:`~bncourse.nn.functional.dropout`
     draws for ``input`` from the same generator state: ``dropout(x, p) == x * mask / (1 - p)``."""
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        raise NotATensorError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"p is the probability of dropping a unit and must lie in [0, 1), got {p}")
-    return torch.empty_like(input).bernoulli_(1 - p, generator=generator)
+        raise InputError(f"p is the probability of dropping a unit and must lie in [0, 1), got {p}")
+    return input.new_empty(input.shape).bernoulli_(1 - p, generator=generator)
 
 
 def dropout_backward(grad_output: Tensor, mask: Tensor, p: float) -> Tensor:
@@ -113,12 +170,12 @@ def dropout_backward(grad_output: Tensor, mask: Tensor, p: float) -> Tensor:
     draw: the gradient flows exactly through the units that the forward pass kept.
     """
     if not isinstance(grad_output, Tensor) or not isinstance(mask, Tensor):
-        raise TypeError("grad_output and mask must be torch.Tensors")
+        raise NotATensorError("grad_output and mask must be torch.Tensors")
     if mask.shape != grad_output.shape:
-        raise ValueError(
+        raise InputError(
             f"mask must have the shape of grad_output {tuple(grad_output.shape)}, "
             f"got {tuple(mask.shape)}"
         )
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"p is the probability of dropping a unit and must lie in [0, 1), got {p}")
+        raise InputError(f"p is the probability of dropping a unit and must lie in [0, 1), got {p}")
     return grad_output * mask.to(grad_output.dtype) / (1 - p)

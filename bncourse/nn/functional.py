@@ -1,61 +1,120 @@
-"""Batch norm and three kinds of dropout as pure functions of tensors.
+"""Batch norm and the kinds of dropout as pure functions of tensors.
 
 These are the reference implementations of the course: written with elementary tensor operations
-so that every step can be read, yet matching ``torch.nn.functional`` outputs and gradients.
+so that every step can be read, yet matching ``torch.nn.functional`` outputs and gradients, and
+fast enough to train with. Training-mode batch norm is an autograd function whose backward pass is
+the hand-derived one of :mod:`bncourse.nn.backward`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "dropout", "gaussian_dropout", "uout", "reduction_dims"]
+from bncourse.nn.backward import batch_norm_backward_from_statistics, multiply_add
+from bncourse.nn.checks import (
+    InputError,
+    check_channel_vector,
+    check_probability,
+    check_tensor,
+    computation_dtype,
+    per_channel,
+    reduction_dims,
+)
+
+__all__ = [
+    "batch_norm",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "gaussian_dropout",
+    "uout",
+    "reduction_dims",
+]
 
 
-def _check_tensor(name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
+class _BatchStatisticsNorm(torch.autograd.Function):
+    """Batch norm with the statistics of the batch; backward: the hand-derived formula.
 
+    Returns the output and the batch's mean and biased variance (for the running statistics).
+    """
 
-def _check_probability(p: object, *, allow_one: bool) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a float (the probability of dropping a unit), got {p!r}")
-    upper_ok = p <= 1 if allow_one else p < 1
-    if not (0 <= p and upper_ok) or math.isnan(p):
-        interval = "[0, 1]" if allow_one else "[0, 1) (p = 1 means noise of infinite variance)"
-        raise ValueError(
-            f"p is the probability of dropping a unit and must lie in {interval}, got {p}"
+    generate_vmap_rule = True  # torch.func.vmap and torch.compile trace through it
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        x = input.to(computation_dtype(input))
+        dims, ndim = reduction_dims(x), x.dim()
+        mean = x.mean(dim=dims, keepdim=True)
+        centered = x - mean
+        squares = centered * centered
+        var = squares.mean(dim=dims, keepdim=True)  # biased: divided by n
+        inv_std = torch.rsqrt(var + eps)
+        # gamma * (x - mean) / sqrt(var + eps) + beta, as one multiply-add per element, written
+        # over the squares (no longer needed): a fresh large tensor costs as much as a pass.
+        scale = inv_std if weight is None else inv_std * per_channel(weight, ndim)
+        shift = torch.zeros_like(scale) if bias is None else per_channel(bias, ndim)
+        out = multiply_add(centered, scale, shift, reuse=squares)
+        return out.to(input.dtype), mean.flatten(), var.flatten(), inv_std, centered
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        input, weight, bias, eps = inputs
+        _, mean, var, inv_std, centered = output
+        ctx.mark_non_differentiable(mean, var, inv_std, centered)
+        ctx.set_materialize_grads(False)  # no zero gradients for the statistics
+        # x - mean is kept for the backward pass, like the cache of the derivation in the book.
+        ctx.save_for_backward(input, weight, mean, inv_std, centered)
+        ctx.save_for_forward(input, weight, mean, inv_std, centered)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor, *_statistics: Tensor):
+        if grad_output is None:
+            return None, None, None, None
+        input, weight, mean, inv_std, centered = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # A differentiable backward pass (create_graph=True): the statistics must be
+            # recomputed as functions of the input, not taken as the constants saved above.
+            x = input.to(inv_std.dtype)
+            dims = reduction_dims(x)
+            centered = x - x.mean(dim=dims, keepdim=True)
+            inv_std = torch.rsqrt((centered * centered).mean(dim=dims, keepdim=True) + ctx.eps)
+        grad_input, grad_weight, grad_bias = batch_norm_backward_from_statistics(
+            grad_output.to(inv_std.dtype), centered, inv_std, weight
         )
-    return float(p)
-
-
-def reduction_dims(input: Tensor) -> list[int]:
-    """Axes batch norm averages over: N for (N, C), N and L for (N, C, L), N, H, W for (N, C, H, W)."""
-    if input.dim() not in (2, 3, 4):
-        raise ValueError(
-            "input must have shape (N, C), (N, C, L) or (N, C, H, W), "
-            f"got a {input.dim()}D tensor of shape {tuple(input.shape)}"
+        needs = ctx.needs_input_grad
+        return (
+            grad_input.to(input.dtype) if needs[0] else None,
+            grad_weight.to(weight.dtype) if needs[1] else None,
+            grad_bias.to(ctx.bias_dtype) if needs[2] else None,
+            None,
         )
-    return [0, *range(2, input.dim())]
 
-
-def _per_channel(t: Tensor, ndim: int) -> Tensor:
-    """Reshape a (C,) vector so that it broadcasts along dim 1 of an ndim-dimensional input."""
-    return t.reshape(1, -1, *([1] * (ndim - 2)))
-
-
-def _check_channel_vector(name: str, t: Tensor | None, channels: int) -> None:
-    if t is None:
-        return
-    _check_tensor(name, t)
-    if t.shape != (channels,):
-        raise ValueError(
-            f"{name} must have shape ({channels},), one value per channel of the input, "
-            f"got shape {tuple(t.shape)}"
-        )
+    @staticmethod
+    def jvp(ctx, input_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None, _eps):  # noqa: D417
+        """Forward-mode derivative: the Jacobian of x -> x_hat is symmetric, so the tangent of the
+        input goes through the same per-channel projection as the gradient in the backward pass."""
+        input, weight, mean, inv_std, centered = ctx.saved_tensors
+        ndim, dims = centered.dim(), reduction_dims(centered)
+        x_hat = centered * inv_std
+        dx = torch.zeros_like(centered) if input_t is None else input_t.to(centered.dtype)
+        d_mean = dx.mean(dim=dims, keepdim=True)
+        d_var = 2 * (centered * dx).mean(dim=dims, keepdim=True)
+        d_hat = (dx - d_mean) * inv_std - x_hat * inv_std**2 * d_var / 2
+        out_t = d_hat if weight is None else d_hat * per_channel(weight, ndim)
+        if weight_t is not None:
+            out_t = out_t + x_hat * per_channel(weight_t, ndim)
+        if bias_t is not None:
+            out_t = out_t + per_channel(bias_t, ndim)
+        # The statistics are marked non-differentiable: they have no tangent.
+        return out_t.to(input.dtype), None, None, None, None
 
 
 def batch_norm(
@@ -75,73 +134,241 @@ def batch_norm(
     updated in place: ``running = (1 - momentum) * running + momentum * batch_statistic``, where
     the variance stored is the *unbiased* one, ``n / (n - 1)`` times the biased variance.
     In evaluation mode the running statistics are used and nothing is updated.
-    """
-    _check_tensor("input", input)
-    dims = reduction_dims(input)
-    channels = input.shape[1]
-    _check_channel_vector("running_mean", running_mean, channels)
-    _check_channel_vector("running_var", running_var, channels)
-    _check_channel_vector("weight", weight, channels)
-    _check_channel_vector("bias", bias, channels)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float in [0, 1], got {momentum!r}")
-    if not 0 <= momentum <= 1:
-        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-    if eps < 0:
-        raise ValueError(f"eps must be non-negative, got {eps}")
 
-    ndim = input.dim()
-    if training:
-        n = input.numel() // channels
-        if n <= 1:
-            raise ValueError(
-                "batch norm in training mode needs more than 1 value per channel to compute a "
-                f"variance, got input of shape {tuple(input.shape)}; "
-                "use a larger batch or call .eval()"
-            )
-        mean = input.mean(dim=dims)
-        var = input.var(dim=dims, unbiased=False)
-        if running_mean is not None:
-            with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(mean.detach() * momentum)
-                unbiased = var.detach() * (n / (n - 1))
-                running_var.mul_(1 - momentum).add_(unbiased * momentum)
-    else:
+    As in torch: an empty batch gives an empty output and leaves the running statistics as they
+    are; ``eps`` must be positive in training mode; float16 and bfloat16 input is computed in
+    float32 and returned in its own dtype.
+    """
+    check_tensor("input", input)
+    reduction_dims(input)
+    channels = input.shape[1]
+    for name, vector in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        check_channel_vector(name, vector, channels)
+    if (running_mean is None) != (running_var is None):
+        raise InputError("running_mean and running_var must be given together or both be None")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float, got {momentum!r}")
+    compute = computation_dtype(input, running_mean, running_var, weight, bias)
+    if not training:
         if running_mean is None:
-            raise ValueError(
+            raise InputError(
                 "running_mean and running_var are needed in evaluation mode (training=False)"
             )
-        mean, var = running_mean, running_var
+        return _normalize_with(input, running_mean, running_var, weight, bias, eps, compute)
 
-    out = (input - _per_channel(mean, ndim)) / torch.sqrt(_per_channel(var, ndim) + eps)
-    if weight is not None:
-        out = out * _per_channel(weight, ndim)
-    if bias is not None:
-        out = out + _per_channel(bias, ndim)
+    if not eps > 0:
+        raise InputError(
+            f"eps must be positive in training mode (it keeps 1/sqrt(var + eps) finite), got {eps}"
+        )
+    n = input.numel() // channels if channels else 0
+    if n == 1:
+        raise InputError(
+            "batch norm in training mode needs more than 1 value per channel to compute a "
+            f"variance, got input of shape {tuple(input.shape)}; "
+            "use a larger batch or call .eval()"
+        )
+    if input.numel() == 0:
+        return _empty_output(input, weight, bias)
+    out, mean, var, *_ = _BatchStatisticsNorm.apply(input, weight, bias, eps)
+    if running_mean is not None:
+        _update_running_statistics(running_mean, running_var, mean, var * (n / (n - 1)), momentum)
     return out
+
+
+def _normalize_with(input, mean, var, weight, bias, eps, compute) -> Tensor:
+    """Evaluation mode: y = gamma (x - mean) / sqrt(var + eps) + beta as x * scale + shift."""
+    ndim = input.dim()
+    scale = torch.rsqrt(var.to(compute) + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    x = input.to(compute)
+    return multiply_add(x, per_channel(scale, ndim), per_channel(shift, ndim)).to(input.dtype)
+
+
+def _empty_output(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The empty output of an empty batch, still connected to the parameters (zero gradients)."""
+    out = input.clone()
+    if weight is not None:
+        out = out * per_channel(weight, input.dim())
+    if bias is not None:
+        out = out + per_channel(bias, input.dim())
+    return out
+
+
+def _update_running_statistics(running_mean, running_var, mean, unbiased_var, momentum) -> None:
+    """``running = (1 - momentum) * running + momentum * batch``, in place (``lerp_``)."""
+    try:
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(unbiased_var, momentum)
+    except RuntimeError as error:  # under torch.func.vmap, the statistics are batched
+        raise InputError(
+            "batch norm in training mode got a batched input (torch.func.vmap) while "
+            "running_mean and running_var, which are updated in place, are not batched: "
+            "build the module with track_running_stats=False, or call "
+            "torch.func.replace_all_batch_norm_modules_(model) first"
+        ) from error
 
 
 def dropout(
     input: Tensor,
     p: float = 0.5,
     training: bool = True,
+    inplace: bool = False,
+    *,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale survivors by ``1/(1-p)``.
 
-    ``p`` is the probability of *dropping*, as in ``torch.nn.functional.dropout``. The scaling
-    keeps the expectation of every element unchanged, so evaluation mode is the identity.
+    ``p`` is the probability of *dropping*, as in ``torch.nn.functional.dropout`` (same signature,
+    plus a keyword-only ``generator`` for the random mask). The scaling keeps the expectation of
+    every element unchanged, so evaluation mode is the identity.
     """
-    _check_tensor("input", input)
-    p = _check_probability(p, allow_one=True)
-    if not training or p == 0:
+    check_tensor("input", input)
+    p = check_probability(p, allow_one=True)
+    return _masked(input, p, training, inplace, input.shape, generator)
+
+
+def _masked(
+    input: Tensor,
+    p: float,
+    training: bool,
+    inplace: bool,
+    mask_shape: tuple[int, ...],
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``input * mask / (1 - p)`` with a keep mask of ``mask_shape`` (broadcast over the input)."""
+    if not training or p == 0 or input.numel() == 0:
         return input
     if p == 1:
-        return input * torch.zeros_like(input)
-    keep = torch.empty_like(input).bernoulli_(1 - p, generator=generator)
+        return input.mul_(0) if inplace else input * input.new_zeros(())
+    keep = input.new_empty(mask_shape).bernoulli_(1 - p, generator=generator)
+    if inplace:
+        return input.mul_(keep).div_(1 - p)
     return input * keep / (1 - p)
+
+
+def _channel_mask_shape(input: Tensor) -> tuple[int, ...]:
+    """One mask value per (sample, channel): shape (N, C, 1, ..., 1)."""
+    return (*input.shape[:2], *([1] * (input.dim() - 2)))
+
+
+def _channel_dropout(input, p, training, inplace, generator, batched: bool) -> Tensor:
+    """Zero whole channels; an unbatched input is one sample (batched=False)."""
+    if not batched:
+        input = input.unsqueeze_(0) if inplace else input.unsqueeze(0)
+    out = _masked(input, p, training, inplace, _channel_mask_shape(input), generator)
+    if not batched:
+        out = out.squeeze_(0) if inplace else out.squeeze(0)
+    return out
+
+
+def dropout1d(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Channel dropout of (N, C, L) or (C, L) input: each channel of each sample is kept whole or
+    zeroed with probability ``p`` (survivors scaled by ``1/(1-p)``), as ``torch.nn.functional.dropout1d``."""
+    check_tensor("input", input)
+    p = check_probability(p, allow_one=True)
+    if input.dim() not in (2, 3):
+        raise InputError(
+            f"dropout1d expects input of shape (N, C, L) or (C, L), got a {input.dim()}D tensor"
+        )
+    return _channel_dropout(input, p, training, inplace, generator, batched=input.dim() == 3)
+
+
+def dropout2d(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Channel dropout of (N, C, H, W) input, as ``torch.nn.functional.dropout2d``.
+
+    Like torch (for now), a 3D input is read as (N, C, L), not as one unbatched (C, H, W) sample,
+    with torch's warning; other shapes warn too and are read as (N, C, ...).
+    """
+    check_tensor("input", input)
+    p = check_probability(p, allow_one=True)
+    if input.dim() not in (3, 4):
+        warnings.warn(
+            f"dropout2d expects (N, C, H, W) input, got a {input.dim()}D tensor: "
+            "use dropout for element-wise dropout",
+            stacklevel=2,
+        )
+    if input.dim() == 3:
+        warnings.warn(
+            "dropout2d: a 3D input is read as (N, C, L), as torch does for now, not as one "
+            "(C, H, W) sample: use dropout1d for (N, C, L) input",
+            stacklevel=2,
+        )
+    return _channel_dropout(input, p, training, inplace, generator, batched=True)
+
+
+def dropout3d(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Channel dropout of (N, C, D, H, W) or (C, D, H, W) input, as ``torch.nn.functional.dropout3d``."""
+    check_tensor("input", input)
+    p = check_probability(p, allow_one=True)
+    if input.dim() not in (4, 5):
+        warnings.warn(
+            f"dropout3d expects (N, C, D, H, W) or (C, D, H, W) input, got a {input.dim()}D "
+            "tensor: use dropout for element-wise dropout",
+            stacklevel=2,
+        )
+    return _channel_dropout(input, p, training, inplace, generator, batched=input.dim() == 5)
+
+
+SELU_ALPHA_SCALE = 1.7580993408473766
+"""-alpha * lambda of SELU: the value a dropped unit takes in alpha dropout (before the affine map)."""
+
+
+def alpha_dropout(
+    input: Tensor,
+    p: float = 0.5,
+    training: bool = False,
+    inplace: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Alpha dropout for SELU networks, as ``torch.nn.functional.alpha_dropout``.
+
+    A dropped unit is set to SELU's negative saturation value ``-alpha' = -1.7581`` instead of 0,
+    and the result is mapped by ``a * x + b`` chosen so that zero-mean, unit-variance input keeps
+    mean 0 and variance 1 (Klambauer et al., 2017). Note torch's default ``training=False``.
+    """
+    check_tensor("input", input)
+    p = check_probability(p, allow_one=True)
+    if not training or p == 0 or input.numel() == 0:
+        return input
+    if p == 1:
+        return input.mul_(0) if inplace else input * input.new_zeros(())
+    keep = input.new_empty(input.shape).bernoulli_(1 - p, generator=generator)
+    alpha = SELU_ALPHA_SCALE
+    a = 1 / math.sqrt((alpha * alpha * p + 1) * (1 - p))
+    # kept: a * x + a * alpha * p;  dropped: a * (-alpha) + a * alpha * p
+    b = (keep - 1) * (alpha * a) + alpha * a * p
+    noise = keep * a
+    out = input.mul_(noise) if inplace else input * noise
+    return out.add_(b)
 
 
 def gaussian_dropout(
@@ -155,8 +382,8 @@ def gaussian_dropout(
     The noise has the same mean (1) and variance (p / (1 - p)) as the mask of inverted Bernoulli
     dropout with drop probability ``p`` (Srivastava et al., 2014), so ``p`` means the same here.
     """
-    _check_tensor("input", input)
-    p = _check_probability(p, allow_one=False)
+    check_tensor("input", input)
+    p = check_probability(p, allow_one=False)
     if not training or p == 0:
         return input
     std = math.sqrt(p / (1 - p))
@@ -171,11 +398,11 @@ def uout(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Uout (Li et al., 2019): ``x + x * r`` with ``r ~ U(-beta, beta)`` drawn per element."""
-    _check_tensor("input", input)
+    check_tensor("input", input)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
         raise TypeError(f"beta must be a float >= 0, got {beta!r}")
     if not beta >= 0:
-        raise ValueError(
+        raise InputError(
             f"beta is the half-width of the uniform noise and must be >= 0, got {beta}"
         )
     if not training or beta == 0:

@@ -1,24 +1,55 @@
-"""``torch.nn`` drop-in modules built on :mod:`bncourse.nn.functional`."""
+"""``torch.nn`` drop-in modules built on :mod:`bncourse.nn.functional`.
+
+Each batch-norm and dropout class is a subclass of its ``torch.nn`` twin whose ``forward`` is the
+reference implementation: it has the twin's constructor, parameters, buffers, ``state_dict`` and
+``repr``, and ``isinstance(m, torch.nn.BatchNorm2d)`` holds, so torch's tools that look for
+batch norm (``torch.nn.SyncBatchNorm.convert_sync_batchnorm``,
+``torch.func.replace_all_batch_norm_modules_``, ``torch.nn.utils.fusion.fuse_conv_bn_eval``) find
+these modules too. Two documented differences, both deliberate:
+
+* ``torch.jit.script`` cannot compile an autograd function, so scripting one of these modules
+  compiles its ``torch.nn`` twin's forward with this module's own parameters and buffers (the
+  same computation; outputs agree to rounding).
+* ``torch.ao.quantization.fuse_modules`` looks fusions up by exact type: pass
+  ``fuse_custom_config_dict={"additional_fuser_method_mapping": bncourse.nn.FUSER_METHODS}``.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import Tensor, nn
 
 from bncourse.nn import functional as F
+from bncourse.nn.checks import InputError, check_probability, check_tensor
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "Dropout", "GaussianDropout", "Uout"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "GaussianDropout",
+    "Uout",
+]
 
 
-class _BatchNorm(nn.Module):
-    """Shared state and forward of the batch-norm modules, mirroring ``torch.nn.modules.batchnorm``.
+class _ScriptedAsTwin:
+    """``torch.jit.script`` compiles the ``torch.nn`` twin, sharing this module's tensors."""
 
-    Same constructor arguments, parameters (``weight``, ``bias``), buffers (``running_mean``,
-    ``running_var``, ``num_batches_tracked``) and ``state_dict`` keys as the ``torch.nn`` twin, so a
-    state dict loads either way.
-    """
+    def __prepare_scriptable__(self) -> nn.Module:
+        twin = copy.copy(self)  # shares the parameter and buffer dictionaries
+        twin.__class__ = next(c for c in type(self).__mro__ if c.__module__.startswith("torch."))
+        return twin
 
-    _version = 2
+
+class _BatchNorm(_ScriptedAsTwin):
+    """Forward pass of the batch-norm modules, mirroring ``torch.nn.modules.batchnorm``."""
+
     _expected_dims: tuple[int, ...] = ()
     _shape_text = ""
 
@@ -34,79 +65,31 @@ class _BatchNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int):
             raise TypeError(f"num_features must be an int, got {num_features!r}")
-        if num_features < 1:
-            raise ValueError(
-                f"num_features must be a positive number of channels, got {num_features}"
-            )
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must lie in [0, 1] or be None, got {momentum}")
-        if eps < 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        if num_features < 0:
+            raise InputError(f"num_features must be a number of channels, got {num_features}")
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
 
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
-
-    def _check_input(self, input: Tensor) -> None:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    def _check_input_dim(self, input: Tensor) -> None:
+        check_tensor("input", input)
         if input.dim() not in self._expected_dims:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects input of shape {self._shape_text}, "
                 f"got a {input.dim()}D tensor of shape {tuple(input.shape)}"
             )
         if input.shape[1] != self.num_features:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}({self.num_features}) expects {self.num_features} channels "
                 f"in dim 1 of input, got {input.shape[1]} (input shape {tuple(input.shape)})"
             )
-        if self.training and input.numel() // input.shape[1] <= 1:
-            raise ValueError(
-                "batch norm in training mode needs more than 1 value per channel, got input of "
-                f"shape {tuple(input.shape)}; use a larger batch or call .eval()"
-            )
 
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
+        self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked)
@@ -124,60 +107,67 @@ class _BatchNorm(nn.Module):
             self.eps,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            # A state dict from before num_batches_tracked existed: keep the module's own count,
-            # as torch.nn does (a fresh count of 0 where there is none to keep).
-            own = self.num_batches_tracked
-            keep = own is not None and own.device != torch.device("meta")
-            state_dict[key] = own if keep else torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     """Batch norm over (N, C) or (N, C, L) input, per channel C; drop-in for ``torch.nn.BatchNorm1d``."""
 
     _expected_dims = (2, 3)
     _shape_text = "(N, C) or (N, C, L)"
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     """Batch norm over (N, C, H, W) input, per channel C; drop-in for ``torch.nn.BatchNorm2d``."""
 
     _expected_dims = (4,)
     _shape_text = "(N, C, H, W)"
 
 
-class Dropout(nn.Module):
-    """Inverted dropout; drop-in for ``torch.nn.Dropout`` (``p`` = probability of dropping)."""
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+    """Batch norm over (N, C, D, H, W) input, per channel C; drop-in for ``torch.nn.BatchNorm3d``."""
+
+    _expected_dims = (5,)
+    _shape_text = "(N, C, D, H, W)"
+
+
+class _Dropout(_ScriptedAsTwin):
+    """Constructor of the dropout modules: ``p`` checked with this course's message."""
+
+    _function = staticmethod(F.dropout)
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        F._check_probability(p, allow_one=True)
-        self.p = p  # kept as given, like torch.nn.Dropout (repr shows p=1, not p=1.0)
-        self.inplace = inplace
+        check_probability(p, allow_one=True)
+        super().__init__(p, inplace)  # p is kept as given, like torch (repr shows p=1, not 1.0)
 
     def forward(self, input: Tensor) -> Tensor:
-        out = F.dropout(input, self.p, self.training)
-        if self.inplace and out is not input:
-            return input.copy_(out)
-        return out
+        return self._function(input, self.p, self.training, self.inplace)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
+
+class Dropout(_Dropout, nn.Dropout):
+    """Inverted dropout; drop-in for ``torch.nn.Dropout`` (``p`` = probability of dropping)."""
+
+
+class Dropout1d(_Dropout, nn.Dropout1d):
+    """Channel dropout of (N, C, L) or (C, L) input; drop-in for ``torch.nn.Dropout1d``."""
+
+    _function = staticmethod(F.dropout1d)
+
+
+class Dropout2d(_Dropout, nn.Dropout2d):
+    """Channel dropout of (N, C, H, W) input; drop-in for ``torch.nn.Dropout2d``."""
+
+    _function = staticmethod(F.dropout2d)
+
+
+class Dropout3d(_Dropout, nn.Dropout3d):
+    """Channel dropout of (N, C, D, H, W) or (C, D, H, W) input; drop-in for ``torch.nn.Dropout3d``."""
+
+    _function = staticmethod(F.dropout3d)
+
+
+class AlphaDropout(_Dropout, nn.AlphaDropout):
+    """Alpha dropout for SELU networks; drop-in for ``torch.nn.AlphaDropout``."""
+
+    _function = staticmethod(F.alpha_dropout)
 
 
 class GaussianDropout(nn.Module):
@@ -185,7 +175,7 @@ class GaussianDropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        F._check_probability(p, allow_one=False)
+        check_probability(p, allow_one=False)
         self.p = p
 
     def forward(self, input: Tensor) -> Tensor:
@@ -203,7 +193,7 @@ class Uout(nn.Module):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
             raise TypeError(f"beta must be a float >= 0, got {beta!r}")
         if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+            raise InputError(f"beta must be >= 0, got {beta}")
         self.beta = float(beta)
 
     def forward(self, input: Tensor) -> Tensor:
