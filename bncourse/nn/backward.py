@@ -126,7 +126,10 @@ def batch_norm_backward_from_statistics(
         )  # -gamma k^3 sum g(x-mu) / n
         mean_path = (scale * grad_bias).mul_(-1 / n)  # -gamma k sum g / n
         grad_input = multiply_add(centered, variance_path, mean_path, reuse=products)
-        grad_input = grad_input.addcmul_(grad_output, scale)
+        if _inside_vmap(grad_output):  # functorch has no batching rule for addcmul_
+            grad_input = torch.addcmul(grad_input, grad_output, scale)
+        else:
+            grad_input = grad_input.addcmul_(grad_output, scale)
     else:
         grad_input = grad_output * scale
     return grad_input, grad_weight.flatten(), grad_bias.flatten()
