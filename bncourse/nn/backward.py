@@ -152,8 +152,9 @@ def multiply_add(x: Tensor, scale: Tensor, shift: Tensor, reuse: Tensor | None =
 
 
 def _inside_vmap(t: Tensor) -> bool:
-    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
-    return bool(is_batched and is_batched(t))
+    """Whether a torch.func transform (vmap, grad, ...) is running: they lack rules for out=."""
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
 
 
 def dropout_mask(input: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:

@@ -8,6 +8,7 @@ the hand-derived one of :mod:`bncourse.nn.backward`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -115,6 +116,11 @@ class _BatchStatisticsNorm(torch.autograd.Function):
             out_t = out_t + per_channel(bias_t, ndim)
         # The statistics are marked non-differentiable: they have no tangent.
         return out_t.to(input.dtype), None, None, None, None
+
+
+# Function.apply binds its arguments with inspect.signature at every call; a signature computed
+# once makes that lookup instant (about a quarter of the layer's overhead on small batches).
+_BatchStatisticsNorm.forward.__signature__ = inspect.signature(_BatchStatisticsNorm.forward)
 
 
 def batch_norm(
