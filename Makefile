@@ -12,7 +12,7 @@ BOOK_FLAGS := --all -W -n --keep-going
 ASSIGNMENTS := $(notdir $(wildcard solutions/*))
 CHAPTERS := $(shell grep -l '^```{code-cell}' book/*.md)
 
-.PHONY: install system-packages book book-clean test lint release notebooks clean distclean
+.PHONY: install system-packages book-system-packages book book-clean test lint release notebooks clean distclean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 BOOK_INPUTS := bncourse solutions exercises nbgrader_config.py
 
 ## Build the book into _build/html, executing every chapter whose outputs may have changed.
-book: install
+book: book-system-packages install
 	@hash=$$(find $(BOOK_INPUTS) -type f \( -name '*.py' -o -name '*.ipynb' \) \
 	    -not -path '*/__pycache__/*' -not -path '*/.ipynb_checkpoints/*' -print0 \
 	  | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); \
@@ -42,9 +42,14 @@ book-clean: install
 	rm -rf _build
 	$(MAKE) --no-print-directory book
 
-## Debian packages the tests need (the sandbox, Chromium, PostgreSQL), installed when missing.
+## Debian packages the tests need (the sandbox, Chromium, PostgreSQL), installed when missing;
+## the book needs the sandbox only (its chapter for instructors grades in it). Checked before
+## the (slow) set-up of .venv, so a missing package stops `make` in its first seconds.
 system-packages:
-	@bash scripts/system-packages.sh
+	@bash scripts/system-packages.sh test
+
+book-system-packages:
+	@bash scripts/system-packages.sh book
 
 ## The whole suite: lint, a clean book build, then every test (autograder round trips included),
 ## each test file on one of two processes.
