@@ -325,7 +325,7 @@ def test_an_output_that_ignores_the_input_fails():
         (
             do.check_dropout_train,
             lambda x, p, training, generator=None: (
-                bncourse.nn.functional.dropout(x, p, training, generator),
+                bncourse.nn.functional.dropout(x, p, training, generator=generator),
                 None,
             ),
             "bncourse.nn.functional.dropout",

@@ -298,7 +298,7 @@ def dropout_variant(
 
 
 def _forward_reference(x, p, training, generator=None):
-    return reference_functional.dropout(x, p, training, generator), None
+    return reference_functional.dropout(x, p, training, generator=generator), None
 
 
 def _run_forward(fn: Callable[..., Any], case: DropoutCase) -> Result:
