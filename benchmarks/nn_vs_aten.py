@@ -41,6 +41,19 @@ MODES = ("train", "eval", "dropout")
 P = 0.3
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """'256x512' -> (256, 512); batch norm needs 2 to 4 axes here."""
+    try:
+        shape = tuple(int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a shape is N x C [x ...], e.g. 256x512, got {text!r}"
+        ) from None
+    if not 2 <= len(shape) <= 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"a shape has 2 to 4 positive sizes, got {text!r}")
+    return shape
+
+
 def _modules(shape: tuple[int, ...], mode: str, device: torch.device, dtype: torch.dtype):
     """(torch.nn module, bncourse.nn module) for a shape and mode, with equal state."""
     if mode == "dropout":
@@ -107,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op CPU threads (default 1)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=_shape,
+        default=SHAPES,
+        help="input shapes such as 256x512 8x256x28x28 (default: the four of the issue tracker)",
+    )
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument(
@@ -134,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if peak:
         header += f" {'ATen bw':>8} {'eager bw':>8}"
     print(header)
-    for shape in SHAPES:
+    for shape in args.shapes:
         for mode in args.modes:
             torch.manual_seed(0)
             x = torch.randn(shape, device=device, dtype=dtype, requires_grad=mode != "eval")
