@@ -382,3 +382,132 @@ def test_dropout_generator_is_keyword_only():
     assert torch.equal(a, b)
     with pytest.raises(TypeError):
         F.dropout(x, 0.3, True, False, gen)
+
+
+# Found by trying the package as a user would (each once differed from torch).
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_module_converted_to_reduced_precision_trains(dtype):
+    """.half() keeps the running statistics in half, like torch."""
+    x = torch.randn(8, 3).to(dtype)
+    ours, theirs = bnn.BatchNorm1d(3).to(dtype), nn.BatchNorm1d(3).to(dtype)
+    out_o, out_t = ours(x), theirs(x)
+    assert out_o.dtype == out_t.dtype == dtype
+    assert ours.running_var.dtype == dtype
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    torch.testing.assert_close(out_o, out_t, rtol=0, atol=2**-5)
+
+
+def test_jacrev_and_hessian_of_training_batch_norm_equal_torch():
+    x = torch.randn(4, 3, dtype=torch.float64) * 2 + 1
+
+    def ours(z):
+        return F.batch_norm(z, None, None, training=True).pow(3).sum()
+
+    def theirs(z):
+        return TF.batch_norm(z, None, None, training=True).pow(3).sum()
+
+    torch.testing.assert_close(torch.func.hessian(ours)(x), torch.func.hessian(theirs)(x), **TIGHT)
+    jac = torch.func.jacrev(lambda z: F.batch_norm(z, None, None, training=True))(x)
+    want = torch.func.jacrev(lambda z: TF.batch_norm(z, None, None, training=True))(x)
+    torch.testing.assert_close(jac, want, **TIGHT)
+
+
+def test_batched_gradients_of_gradcheck():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: F.batch_norm(a, None, None, b, None, training=True),
+        (x, w),
+        check_batched_grad=True,
+    )
+
+
+def test_compile_fullgraph_in_training():
+    torch._dynamo.reset()
+    module = bnn.BatchNorm1d(3, momentum=0.3)
+    reference = bnn.BatchNorm1d(3, momentum=0.3)
+    x = torch.randn(6, 3)
+    out = torch.compile(module, fullgraph=True)(x)
+    torch.testing.assert_close(out, reference(x))
+    torch.testing.assert_close(module.running_var, reference.running_var)
+
+
+def test_alpha_dropout_module_never_works_in_place_like_torch():
+    x = torch.randn(50)
+    before = x.clone()
+    out = bnn.AlphaDropout(0.3, inplace=True)(x)
+    assert torch.equal(x, before) and out is not x
+    x2 = torch.randn(50)
+    assert nn.AlphaDropout(0.3, inplace=True)(x2) is not x2
+
+
+def test_numpy_scalars_and_one_element_tensors_are_accepted():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(8, 3)
+    bnn.Dropout(np.float32(0.3))(x)
+    F.dropout(x, torch.tensor(0.3))
+    bnn.BatchNorm1d(np.int64(3), momentum=np.float32(0.2))(x)
+    with pytest.raises(TypeError, match="p must be a float"):
+        bnn.Dropout(True)  # more likely a misplaced flag than p = 1
+
+
+def test_an_empty_batch_keeps_a_reduced_precision_dtype():
+    assert bnn.BatchNorm1d(3)(torch.randn(0, 3).half()).dtype == torch.float16
+
+
+def test_negative_eps_is_refused_in_eval_mode_too():
+    for call in (
+        lambda: TF.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1e-3),
+        lambda: F.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1e-3),
+    ):
+        with pytest.raises(ValueError, match="eps"):
+            call()
+
+
+def test_channel_dropout_of_a_vector_like_torch():
+    """dropout2d refuses a vector; dropout3d reads it as one sample of 5 channels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError):
+            TF.dropout2d(torch.randn(5), 0.3, True)
+        with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+            F.dropout2d(torch.randn(5), 0.3, True)
+        x = torch.randn(5, dtype=torch.float64)
+        torch.manual_seed(4)
+        want = TF.dropout3d(x, 0.3, True)
+        torch.manual_seed(4)
+        torch.testing.assert_close(F.dropout3d(x, 0.3, True), want, **TIGHT)
+
+
+@pytest.mark.parametrize(
+    "fn, theirs", [(F.dropout, TF.dropout), (F.alpha_dropout, TF.alpha_dropout)]
+)
+def test_dropout_of_integers_is_refused_like_torch(fn, theirs):
+    x = torch.ones(5, dtype=torch.long)
+    with pytest.raises(RuntimeError):
+        theirs(x, 0.3, True)
+    with pytest.raises(RuntimeError, match="floating-point input, got dtype torch.int64"):
+        fn(x, 0.3, True)
+
+
+def test_infinite_running_statistics_stay_infinite_like_torch():
+    theirs, ours = _pair(nn.BatchNorm1d, (3,), {}, True)
+    for m in (theirs, ours):
+        m.running_var.fill_(float("inf"))
+        m(torch.randn(4, 3, dtype=torch.float64))
+    assert torch.equal(ours.running_var, theirs.running_var)
+
+
+@pytest.mark.parametrize(
+    "fn, theirs", [(F.dropout, TF.dropout), (F.alpha_dropout, TF.alpha_dropout)]
+)
+def test_the_mask_of_a_non_contiguous_input_equals_torch(fn, theirs):
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
+    results = []
+    for f in (theirs, fn):
+        torch.manual_seed(9)
+        results.append(f(x, 0.3, True))
+    torch.testing.assert_close(results[1], results[0], **TIGHT)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from bncourse.nn.checks import InputError, NotATensorError, per_channel, reduction_dims
 
@@ -33,6 +34,8 @@ __all__ = [
     "batch_norm_backward_from_statistics",
     "dropout_backward",
     "dropout_mask",
+    "inside_functorch",
+    "plain_operations_needed",
     "multiply_add",
 ]
 
@@ -121,18 +124,16 @@ def batch_norm_backward_from_statistics(
     scale = inv_std if weight is None else inv_std * per_channel(weight, centered.dim())
     if training:
         # The paths through the variance and through the mean, as per-channel coefficients.
-        variance_path = (
-            (scale * inv_std).mul_(grad_weight).mul_(-1 / n)
-        )  # -gamma k^3 sum g(x-mu) / n
-        mean_path = (scale * grad_bias).mul_(-1 / n)  # -gamma k sum g / n
+        variance_path = scale * inv_std * grad_weight * (-1 / n)  # -gamma k^3 sum g(x-mu) / n
+        mean_path = scale * grad_bias * (-1 / n)  # -gamma k sum g / n
         grad_input = multiply_add(centered, variance_path, mean_path, reuse=products)
-        if _inside_vmap(grad_output):  # functorch has no batching rule for addcmul_
-            grad_input = torch.addcmul(grad_input, grad_output, scale)
-        else:
+        if may_write_in_place(grad_input, grad_output, scale):
             grad_input = grad_input.addcmul_(grad_output, scale)
+        else:
+            grad_input = torch.addcmul(grad_input, grad_output, scale)
     else:
         grad_input = grad_output * scale
-    return grad_input, grad_weight.flatten(), grad_bias.flatten()
+    return grad_input, grad_weight.reshape(-1), grad_bias.reshape(-1)
 
 
 def multiply_add(x: Tensor, scale: Tensor, shift: Tensor, reuse: Tensor | None = None) -> Tensor:
@@ -142,19 +143,50 @@ def multiply_add(x: Tensor, scale: Tensor, shift: Tensor, reuse: Tensor | None =
     broadcast along trailing axes and addcmul is slower, a multiply and an in-place add.
     ``reuse``, a tensor of the result's shape that is no longer needed, receives the result
     (on a CPU a fresh large tensor costs about as much as a pass over it), except where autograd
-    records the operation or under ``torch.func.vmap``, which has no rule for ``out=``.
+    records the operation or under a ``torch.func`` transform, which has no rule for ``out=``.
     """
-    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, shift))
-    out = None if recorded or reuse is None or _inside_vmap(x) else reuse
+    if not may_write_in_place(x, scale, shift):
+        return torch.addcmul(shift, x, scale) if x.dim() == 2 else x * scale + shift
+        if x.dim() > 2:
+            return x * scale + shift
     if x.dim() == 2:
-        return torch.addcmul(shift, x, scale, out=out)
-    return torch.mul(x, scale, out=out).add_(shift)
+        return torch.addcmul(shift, x, scale, out=reuse)
+    return torch.mul(x, scale, out=reuse).add_(shift)
 
 
-def _inside_vmap(t: Tensor) -> bool:
-    """Whether a torch.func transform (vmap, grad, ...) is running: they lack rules for out=."""
+def inside_functorch() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running."""
     level = getattr(torch._C._functorch, "maybe_current_level", None)
     return level is not None and level() is not None
+
+
+def may_write_in_place(*tensors: Tensor) -> bool:
+    """Whether plain eager execution allows ``out=`` and in-place shortcuts on these tensors.
+
+    Not where autograd records them, under torch.compile (which fuses on its own), under a
+    torch.func transform or forward-mode AD, or for tensors batched by vmap (autograd's batched
+    gradients included): those need the plain, out-of-place operations.
+    """
+    if torch.compiler.is_compiling() or plain_operations_needed():
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    checks = [
+        getattr(torch._C._functorch, name, None)
+        for name in ("is_batchedtensor", "is_legacy_batchedtensor")
+    ]
+    return not any(check(t) for check in checks if check is not None for t in tensors)
+
+
+def plain_operations_needed() -> bool:
+    """Whether a torch.func transform or forward-mode AD is active (outside torch.compile).
+
+    These derive a layer from its operations, and have no rules for ``out=`` and custom backward
+    passes; ordinary training (and torch.compile, which traces the autograd function) uses them.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return inside_functorch() or getattr(forward_ad, "_current_level", -1) >= 0
 
 
 def dropout_mask(input: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
@@ -164,7 +196,7 @@ def dropout_mask(input: Tensor, p: float = 0.5, generator: torch.Generator | Non
         raise NotATensorError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise InputError(f"p is the probability of dropping a unit and must lie in [0, 1), got {p}")
-    return input.new_empty(input.shape).bernoulli_(1 - p, generator=generator)
+    return torch.empty_like(input).bernoulli_(1 - p, generator=generator)
 
 
 def dropout_backward(grad_output: Tensor, mask: Tensor, p: float) -> Tensor:

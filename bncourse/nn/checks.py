@@ -9,6 +9,7 @@ written against torch (``except RuntimeError``) and code written against this co
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -45,8 +46,14 @@ def check_tensor(name: str, value: object) -> Tensor:
 
 
 def check_probability(p: object, *, allow_one: bool) -> float:
-    """``p`` as a float in [0, 1] (or [0, 1) where ``allow_one`` is false)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
+    """``p`` as a float in [0, 1] (or [0, 1) where ``allow_one`` is false).
+
+    Any real number is accepted (a NumPy scalar, a one-element tensor), but not a bool, which is
+    more likely a misplaced ``training`` or ``inplace`` flag than a probability.
+    """
+    if isinstance(p, Tensor) and p.numel() == 1 and p.dtype.is_floating_point:
+        p = p.item()
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"p must be a float (the probability of dropping a unit), got {p!r}")
     upper_ok = p <= 1 if allow_one else p < 1
     if not (0 <= p and upper_ok) or math.isnan(p):

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import warnings
 
 import torch
 from torch import Tensor
 
-from bncourse.nn.backward import batch_norm_backward_from_statistics, multiply_add
+from bncourse.nn.backward import (
+    batch_norm_backward_from_statistics,
+    inside_functorch,
+    multiply_add,
+    plain_operations_needed,
+)
 from bncourse.nn.checks import (
     InputError,
+    UnsupportedDtypeError,
     check_channel_vector,
     check_probability,
     check_tensor,
@@ -43,9 +50,9 @@ class _BatchStatisticsNorm(torch.autograd.Function):
     """Batch norm with the statistics of the batch; backward: the hand-derived formula.
 
     Returns the output and the batch's mean and biased variance (for the running statistics).
+    Under torch.func transforms and forward-mode AD, ``batch_norm`` runs ``forward`` as plain
+    differentiable operations instead, which every transform understands.
     """
-
-    generate_vmap_rule = True  # torch.func.vmap and torch.compile trace through it
 
     @staticmethod
     def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
@@ -71,7 +78,6 @@ class _BatchStatisticsNorm(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero gradients for the statistics
         # x - mean is kept for the backward pass, like the cache of the derivation in the book.
         ctx.save_for_backward(input, weight, mean, inv_std, centered)
-        ctx.save_for_forward(input, weight, mean, inv_std, centered)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
 
@@ -97,25 +103,6 @@ class _BatchStatisticsNorm(torch.autograd.Function):
             grad_bias.to(ctx.bias_dtype) if needs[2] else None,
             None,
         )
-
-    @staticmethod
-    def jvp(ctx, input_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None, _eps):  # noqa: D417
-        """Forward-mode derivative: the Jacobian of x -> x_hat is symmetric, so the tangent of the
-        input goes through the same per-channel projection as the gradient in the backward pass."""
-        input, weight, mean, inv_std, centered = ctx.saved_tensors
-        ndim, dims = centered.dim(), reduction_dims(centered)
-        x_hat = centered * inv_std
-        dx = torch.zeros_like(centered) if input_t is None else input_t.to(centered.dtype)
-        d_mean = dx.mean(dim=dims, keepdim=True)
-        d_var = 2 * (centered * dx).mean(dim=dims, keepdim=True)
-        d_hat = (dx - d_mean) * inv_std - x_hat * inv_std**2 * d_var / 2
-        out_t = d_hat if weight is None else d_hat * per_channel(weight, ndim)
-        if weight_t is not None:
-            out_t = out_t + x_hat * per_channel(weight_t, ndim)
-        if bias_t is not None:
-            out_t = out_t + per_channel(bias_t, ndim)
-        # The statistics are marked non-differentiable: they have no tangent.
-        return out_t.to(input.dtype), None, None, None, None
 
 
 # Function.apply binds its arguments with inspect.signature at every call; a signature computed
@@ -157,9 +144,12 @@ def batch_norm(
         check_channel_vector(name, vector, channels)
     if (running_mean is None) != (running_var is None):
         raise InputError("running_mean and running_var must be given together or both be None")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum must be a float, got {momentum!r}")
+    momentum = float(momentum)
     compute = computation_dtype(input, running_mean, running_var, weight, bias)
+    if eps < 0:
+        raise InputError(f"eps must be non-negative (positive in training mode), got {eps}")
     if not training:
         if running_mean is None:
             raise InputError(
@@ -180,7 +170,10 @@ def batch_norm(
         )
     if input.numel() == 0:
         return _empty_output(input, weight, bias)
-    out, mean, var, *_ = _BatchStatisticsNorm.apply(input, weight, bias, eps)
+    if plain_operations_needed():
+        out, mean, var, *_ = _BatchStatisticsNorm.forward(input, weight, bias, eps)
+    else:
+        out, mean, var, *_ = _BatchStatisticsNorm.apply(input, weight, bias, eps)
     if running_mean is not None:
         _update_running_statistics(running_mean, running_var, mean, var * (n / (n - 1)), momentum)
     return out
@@ -204,14 +197,21 @@ def _empty_output(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> 
         out = out * per_channel(weight, input.dim())
     if bias is not None:
         out = out + per_channel(bias, input.dim())
-    return out
+    return out.to(input.dtype)
 
 
 def _update_running_statistics(running_mean, running_var, mean, unbiased_var, momentum) -> None:
-    """``running = (1 - momentum) * running + momentum * batch``, in place (``lerp_``)."""
-    try:
-        running_mean.lerp_(mean, momentum)
-        running_var.lerp_(unbiased_var, momentum)
+    """``running = (1 - momentum) * running + momentum * batch``, in place."""
+    mean, unbiased_var = mean.to(running_mean.dtype), unbiased_var.to(running_var.dtype)
+    if not inside_functorch():
+        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
+        return
+    new_mean = running_mean * (1 - momentum) + mean * momentum
+    new_var = running_var * (1 - momentum) + unbiased_var * momentum
+    try:  # both computed first, so that a refusal leaves the statistics as they were
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
     except RuntimeError as error:  # under torch.func.vmap, the statistics are batched
         raise InputError(
             "batch norm in training mode got a batched input (torch.func.vmap) while "
@@ -251,9 +251,12 @@ def _masked(
     """``input * mask / (1 - p)`` with a keep mask of ``mask_shape`` (broadcast over the input)."""
     if not training or p == 0 or input.numel() == 0:
         return input
+    _check_floating(input)
     if p == 1:
         return input.mul_(0) if inplace else input * input.new_zeros(())
-    keep = input.new_empty(mask_shape).bernoulli_(1 - p, generator=generator)
+    # Element-wise masks are drawn in the input's memory order, as torch does.
+    mask = torch.empty_like(input) if mask_shape == input.shape else input.new_empty(mask_shape)
+    keep = mask.bernoulli_(1 - p, generator=generator)
     if inplace:
         return input.mul_(keep).div_(1 - p)
     return input * keep / (1 - p)
@@ -264,10 +267,21 @@ def _channel_mask_shape(input: Tensor) -> tuple[int, ...]:
     return (*input.shape[:2], *([1] * (input.dim() - 2)))
 
 
+def _check_floating(input: Tensor) -> None:
+    if not (input.is_floating_point() or input.is_complex()):
+        raise UnsupportedDtypeError(
+            f"dropout needs a floating-point input, got dtype {input.dtype}"
+        )
+
+
 def _channel_dropout(input, p, training, inplace, generator, batched: bool) -> Tensor:
     """Zero whole channels; an unbatched input is one sample (batched=False)."""
     if not batched:
         input = input.unsqueeze_(0) if inplace else input.unsqueeze(0)
+    if input.dim() < 2:
+        raise InputError(
+            f"channel dropout needs at least 2 dimensions (N and C), got a {input.dim()}D tensor"
+        )
     out = _masked(input, p, training, inplace, _channel_mask_shape(input), generator)
     if not batched:
         out = out.squeeze_(0) if inplace else out.squeeze(0)
@@ -365,9 +379,10 @@ def alpha_dropout(
     p = check_probability(p, allow_one=True)
     if not training or p == 0 or input.numel() == 0:
         return input
+    _check_floating(input)
     if p == 1:
         return input.mul_(0) if inplace else input * input.new_zeros(())
-    keep = input.new_empty(input.shape).bernoulli_(1 - p, generator=generator)
+    keep = torch.empty_like(input).bernoulli_(1 - p, generator=generator)
     alpha = SELU_ALPHA_SCALE
     a = 1 / math.sqrt((alpha * alpha * p + 1) * (1 - p))
     # kept: a * x + a * alpha * p;  dropped: a * (-alpha) + a * alpha * p

@@ -17,6 +17,7 @@ these modules too. Two documented differences, both deliberate:
 from __future__ import annotations
 
 import copy
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -65,8 +66,9 @@ class _BatchNorm(_ScriptedAsTwin):
         *,
         bias: bool = True,
     ) -> None:
-        if isinstance(num_features, bool) or not isinstance(num_features, int):
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(f"num_features must be an int, got {num_features!r}")
+        num_features = int(num_features)
         if num_features < 0:
             raise InputError(f"num_features must be a number of channels, got {num_features}")
         super().__init__(
@@ -165,9 +167,13 @@ class Dropout3d(_Dropout, nn.Dropout3d):
 
 
 class AlphaDropout(_Dropout, nn.AlphaDropout):
-    """Alpha dropout for SELU networks; drop-in for ``torch.nn.AlphaDropout``."""
+    """Alpha dropout for SELU networks; drop-in for ``torch.nn.AlphaDropout``.
 
-    _function = staticmethod(F.alpha_dropout)
+    Like torch's, the module never works in place: ``inplace`` is stored but not used.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.alpha_dropout(input, self.p, self.training)
 
 
 class GaussianDropout(nn.Module):
