@@ -511,3 +511,21 @@ def test_the_mask_of_a_non_contiguous_input_equals_torch(fn, theirs):
         torch.manual_seed(9)
         results.append(f(x, 0.3, True))
     torch.testing.assert_close(results[1], results[0], **TIGHT)
+
+
+def test_fx_traces_with_a_tracer_that_keeps_the_layers_as_leaves():
+    """The documented way to symbolic_trace a network that uses these modules."""
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, (bnn.BatchNorm1d, bnn.Dropout)) or super().is_leaf_module(
+                m, qualname
+            )
+
+    model = nn.Sequential(nn.Linear(4, 3), bnn.BatchNorm1d(3), bnn.Dropout(0.3)).eval()
+    graph = Tracer().trace(model)
+    traced = torch.fx.GraphModule(model, graph)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(traced(x), model(x))
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got Proxy"):
+        torch.fx.symbolic_trace(model)

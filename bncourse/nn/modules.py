@@ -5,13 +5,24 @@ reference implementation: it has the twin's constructor, parameters, buffers, ``
 ``repr``, and ``isinstance(m, torch.nn.BatchNorm2d)`` holds, so torch's tools that look for
 batch norm (``torch.nn.SyncBatchNorm.convert_sync_batchnorm``,
 ``torch.func.replace_all_batch_norm_modules_``, ``torch.nn.utils.fusion.fuse_conv_bn_eval``) find
-these modules too. Two documented differences, both deliberate:
+these modules too. The differences, all deliberate:
 
 * ``torch.jit.script`` cannot compile an autograd function, so scripting one of these modules
   compiles its ``torch.nn`` twin's forward with this module's own parameters and buffers (the
-  same computation; outputs agree to rounding).
+  same computation; outputs agree to rounding). For the same reason a ``torch.jit.trace`` of a
+  network in training mode records the autograd function and cannot be saved; trace in eval
+  mode, or use ``torch.export``.
 * ``torch.ao.quantization.fuse_modules`` looks fusions up by exact type: pass
   ``fuse_custom_config_dict={"additional_fuser_method_mapping": bncourse.nn.FUSER_METHODS}``.
+* ``torch.fx.symbolic_trace`` keeps only modules defined in ``torch.nn`` as leaves and traces
+  into these, whose input checks refuse its proxies: trace with a ``torch.fx.Tracer`` whose
+  ``is_leaf_module`` also returns True for them.
+* The layers are plain Python over tensor operations, so ``__torch_function__`` overrides and
+  ``TorchFunctionMode`` see those operations, not one ``batch_norm`` or ``dropout`` call; outputs
+  keep the input's memory layout (torch makes some contiguous); inverted dropout computes
+  ``x * mask / (1 - p)``, one rounding from torch's ``x * (mask / (1 - p))``.
+* A channel-count mismatch is refused even where torch has no parameter or buffer that would
+  notice it (``affine=False, track_running_stats=False``).
 """
 
 from __future__ import annotations
