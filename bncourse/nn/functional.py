@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from bncourse.nn.backward import (
+    batch_norm_backward,
     batch_norm_backward_from_statistics,
     inside_functorch,
     multiply_add,
@@ -86,16 +87,15 @@ class _BatchStatisticsNorm(torch.autograd.Function):
         if grad_output is None:
             return None, None, None, None
         input, weight, mean, inv_std, centered = ctx.saved_tensors
+        grad_output = grad_output.to(inv_std.dtype)
         if torch.is_grad_enabled():
             # A differentiable backward pass (create_graph=True): the statistics must be
             # recomputed as functions of the input, not taken as the constants saved above.
             x = input.to(inv_std.dtype)
-            dims = reduction_dims(x)
-            centered = x - x.mean(dim=dims, keepdim=True)
-            inv_std = torch.rsqrt((centered * centered).mean(dim=dims, keepdim=True) + ctx.eps)
-        grad_input, grad_weight, grad_bias = batch_norm_backward_from_statistics(
-            grad_output.to(inv_std.dtype), centered, inv_std, weight
-        )
+            grads = batch_norm_backward(grad_output, x, weight, ctx.eps)
+        else:
+            grads = batch_norm_backward_from_statistics(grad_output, centered, inv_std, weight)
+        grad_input, grad_weight, grad_bias = grads
         needs = ctx.needs_input_grad
         return (
             grad_input.to(input.dtype) if needs[0] else None,
