@@ -39,7 +39,23 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=os.cpu_count() or 1,
         metavar="N",
-        help="worker processes (default: the number of CPU cores)",
+        help="worker processes (default: the number of CPU cores); with --cluster local, the "
+        "local cluster's workers",
+    )
+    where = grade.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="grade on the Dask distributed cluster whose scheduler is at ADDRESS "
+        "(e.g. tcp://10.0.0.5:8786); the workers need bncourse[cluster] and a sandbox, not this "
+        "course folder",
+    )
+    where.add_argument(
+        "--cluster",
+        choices=["local"],
+        default=None,
+        help="start a Dask LocalCluster of --workers processes on this machine and grade on it",
     )
     grade.add_argument(
         "--course-dir",
@@ -113,8 +129,9 @@ def _run_grade(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             only=args.student,
             allow_unsandboxed=args.allow_unsandboxed,
+            scheduler=args.scheduler or args.cluster,
         )
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (OSError, RuntimeError) as exc:  # OSError: also a scheduler that cannot be reached
         print(f"error: {exc}")
         return 2
     if report.added_assignment:

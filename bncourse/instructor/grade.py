@@ -5,6 +5,10 @@ Here each worker process grades a student in a private course folder (see ``work
 SQLite gradebook the worker starts from a snapshot of the course's gradebook and this process,
 the only writer, merges each result back through nbgrader's ``Gradebook`` API. With a database
 server (PostgreSQL) configured as ``db_url`` the workers write to it directly.
+
+With ``scheduler`` the students are graded on a Dask distributed cluster instead (see
+``cluster``): the workers get everything as data and this process writes every result, whatever
+the database.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bncourse.instructor import worker
+from bncourse.instructor import cluster, worker
+from bncourse.instructor.cluster import ClusterRun
 from bncourse.instructor.course import Course
-from bncourse.instructor.gradebook_io import snapshot_sqlite, write_submission
+from bncourse.instructor.gradebook_io import (
+    read_student_state,
+    seed_gradebook,
+    snapshot_sqlite,
+    write_submission,
+)
 
 LOG_DIR = Path(".bncourse") / "logs"
 """Per-student grading logs, relative to the course folder."""
@@ -39,6 +49,8 @@ class ClassReport:
     added_assignment: bool = False
     unsandboxed: str | None = None
     """Why grading ran without a sandbox (allowed explicitly), or None when it was sandboxed."""
+    cluster: ClusterRun | None = None
+    """The Dask cluster that graded the class, or None for the local process pool."""
 
     @property
     def failed(self) -> list[worker.GradeResult]:
@@ -165,9 +177,13 @@ def grade_class(
     progress: bool = True,
     only: list[str] | None = None,
     allow_unsandboxed: bool = False,
+    scheduler: str | None = None,
 ) -> ClassReport:
     """Autograde every submitted student of ``assignment`` (or those in ``only``); merge, give
     feedback, export grades.
+
+    ``scheduler``: the address of a Dask scheduler to grade on, or ``"local"`` for a
+    ``LocalCluster`` of ``workers`` processes; None grades in a local process pool.
 
     Refuses to start (:class:`~bncourse.trusted.sandbox.SandboxUnavailable`) where no sandbox can
     start, unless ``allow_unsandboxed`` (or ``c.Sandbox.allow_unsandboxed``) says otherwise.
@@ -206,29 +222,8 @@ def grade_class(
 
     with tempfile.TemporaryDirectory(prefix=f"bncourse-grade-{assignment}-") as scratch:
         scratch = Path(scratch)
-        snapshot = None
-        if course.db_is_sqlite:
-            snapshot = snapshot_sqlite(course.db_url, scratch / "snapshot.db")
-        jobs = [
-            worker.GradeJob(
-                assignment=assignment,
-                student=student,
-                config=course.config,
-                submitted=course.submitted_dir / student / assignment,
-                source=course.source_dir / assignment,
-                source_subdir=str(course.source_dir.relative_to(course.root)),
-                release=course.release_dir / assignment,
-                expected=expected,
-                scratch=scratch,
-                snapshot=snapshot,
-                db_url=None if snapshot else course.db_url,
-                feedback=feedback,
-                allow_unsandboxed=allow_unsandboxed,
-            )
-            for student in students
-        ]
         bar = tqdm(
-            total=len(jobs), unit="student", desc=f"grading {assignment}", disable=not progress
+            total=len(students), unit="student", desc=f"grading {assignment}", disable=not progress
         )
 
         def on_result(result: worker.GradeResult) -> None:
@@ -237,23 +232,120 @@ def grade_class(
             bar.update(1)
             bar.set_postfix_str(f"{bar.total - bar.n} remaining, last: {result.student}")
 
-        pending, attempts = jobs, 0
-        while pending and attempts < 2:
-            pending = _run_pool(
-                pending, min(workers, len(pending)), report.log_dir / "workers.log", on_result
+        if scheduler:
+            report.cluster = _grade_on_cluster(
+                course,
+                assignment,
+                students,
+                scheduler,
+                workers,
+                scratch,
+                expected,
+                on_result,
+                report.log_dir / "workers.log",
+                feedback=feedback,
+                allow_unsandboxed=allow_unsandboxed,
             )
-            attempts += 1
-        for job in pending:
-            on_result(
-                worker.GradeResult(
-                    student=job.student, success=False, problems=["the worker process died"]
-                )
+        else:
+            _grade_in_pool(
+                course,
+                assignment,
+                students,
+                workers,
+                scratch,
+                expected,
+                on_result,
+                report.log_dir / "workers.log",
+                feedback=feedback,
+                allow_unsandboxed=allow_unsandboxed,
             )
         bar.close()
 
     report.results.sort(key=lambda r: r.student)
     report.csv = export_grades(course, csv or course.root / "grades.csv")
     return report
+
+
+def _grade_in_pool(
+    course: Course,
+    assignment: str,
+    students: list[str],
+    workers: int,
+    scratch: Path,
+    expected: dict[str, set[str]],
+    on_result,
+    log_path: Path,
+    **options,
+) -> None:
+    """Grade ``students`` in local worker processes; a job lost with a crashed process is tried
+    once more."""
+    snapshot = None
+    if course.db_is_sqlite:
+        snapshot = snapshot_sqlite(course.db_url, scratch / "snapshot.db")
+    jobs = [
+        worker.GradeJob(
+            assignment=assignment,
+            student=student,
+            config=course.config,
+            submitted=course.submitted_dir / student / assignment,
+            source=course.source_dir / assignment,
+            source_subdir=str(course.source_dir.relative_to(course.root)),
+            release=course.release_dir / assignment,
+            expected=expected,
+            scratch=scratch,
+            snapshot=snapshot,
+            db_url=None if snapshot else course.db_url,
+            **options,
+        )
+        for student in students
+    ]
+    pending, attempts = jobs, 0
+    while pending and attempts < 2:
+        pending = _run_pool(pending, min(workers, len(pending)), log_path, on_result)
+        attempts += 1
+    for job in pending:
+        on_result(
+            worker.GradeResult(
+                student=job.student, success=False, problems=["the worker process died"]
+            )
+        )
+
+
+def _grade_on_cluster(
+    course: Course,
+    assignment: str,
+    students: list[str],
+    scheduler: str,
+    workers: int,
+    scratch: Path,
+    expected: dict[str, set[str]],
+    on_result,
+    log_path: Path,
+    **options,
+) -> ClusterRun:
+    """Grade ``students`` on a Dask cluster: a seed gradebook and each student's rows travel as
+    data; results come back to ``on_result`` here."""
+    from nbgrader.api import Gradebook
+
+    seed = seed_gradebook(course.db_url, course.course_id, assignment, scratch / "seed.db")
+    with Gradebook(course.db_url, course.course_id) as gb:
+        states = {s: read_student_state(gb, assignment, s) for s in students}
+    shared = cluster.shared_inputs(
+        assignment,
+        course.config,
+        course.source_dir / assignment,
+        str(course.source_dir.relative_to(course.root)),
+        course.release_dir / assignment,
+        seed,
+        expected,
+        **options,
+    )
+    jobs = [
+        cluster.with_submission(s, course.submitted_dir / s / assignment, states[s])
+        for s in students
+    ]
+    with cluster.connect(scheduler, local_workers=workers, log_path=log_path) as client:
+        return cluster.grade_on_cluster(client, shared, jobs, scratch, on_result)
 
 
 def export_grades(course: Course, path: Path) -> Path:
@@ -289,6 +381,18 @@ def summary_table(report: ClassReport) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  -------")
+    if report.cluster is not None:
+        lines += [
+            "",
+            f"graded on the Dask cluster at {report.cluster.scheduler} "
+            f"(workers: {', '.join(report.cluster.workers) or '-'})",
+        ]
+        retried = [r for r in report.results if r.retries]
+        if retried:
+            lines.append(
+                "retried after a worker died: "
+                + ", ".join(f"{r.student} ({r.retries}x)" for r in retried)
+            )
     if report.unsandboxed:
         lines += [
             "",

@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
@@ -146,3 +146,98 @@ def copy_sqlite(snapshot: Path, dest: Path) -> str:
     """Copy a snapshot to ``dest`` and return its URL."""
     shutil.copyfile(snapshot, dest)
     return f"sqlite:///{Path(dest).resolve()}"
+
+
+def seed_gradebook(db_url: str, course_id: str, assignment: str, dest: Path) -> Path:
+    """A new SQLite gradebook at ``dest`` holding only the definition of ``assignment``.
+
+    Its notebooks, graded, solution, task and source cells and its due date are copied from the
+    gradebook at ``db_url`` (SQLite or a database server), so that a machine without access to it
+    can run ``nbgrader autograde``; students come with :class:`StudentState`.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"seed gradebook {dest} already exists")
+    with (
+        Gradebook(db_url, course_id) as src,
+        Gradebook(f"sqlite:///{dest.resolve()}", course_id) as gb,
+    ):
+        found = src.find_assignment(assignment)
+        gb.update_or_create_assignment(assignment, duedate=found.duedate)
+        for nb in found.notebooks:
+            gb.update_or_create_notebook(nb.name, assignment, kernelspec=nb.kernelspec)
+            for c in nb.grade_cells:
+                gb.update_or_create_grade_cell(
+                    c.name, nb.name, assignment, max_score=c.max_score, cell_type=c.cell_type
+                )
+            for c in nb.solution_cells:
+                gb.update_or_create_solution_cell(c.name, nb.name, assignment)
+            for c in nb.task_cells:
+                gb.update_or_create_task_cell(
+                    c.name, nb.name, assignment, max_score=c.max_score, cell_type=c.cell_type
+                )
+            for c in nb.source_cells:
+                gb.update_or_create_source_cell(
+                    c.name,
+                    nb.name,
+                    assignment,
+                    cell_type=c.cell_type,
+                    locked=c.locked,
+                    source=c.source,
+                    checksum=c.checksum,
+                )
+    return dest
+
+
+_STUDENT_FIELDS = ("first_name", "last_name", "email", "lms_user_id")
+
+
+@dataclass
+class StudentState:
+    """What ``nbgrader autograde`` reads of one student besides the submission itself.
+
+    The student's details and, when the assignment was graded before, the submission's timestamp
+    and extension and each grade's manual score and extra credit: a manual score keeps a cell
+    flagged for manual grading, and both count in the notebook score that late penalties see.
+    """
+
+    student: str
+    details: dict[str, str | None] = field(default_factory=dict)
+    submitted: bool = False
+    timestamp: datetime | None = None
+    extension: timedelta | None = None
+    grades: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
+
+
+def read_student_state(gb: Gradebook, assignment: str, student: str) -> StudentState | None:
+    """``student``'s :class:`StudentState` in ``gb``, or None if the student is not in it."""
+    try:
+        found = gb.find_student(student)
+    except MissingEntry:
+        return None
+    state = StudentState(student, {k: getattr(found, k) for k in _STUDENT_FIELDS})
+    try:
+        sub = gb.find_submission(assignment, student)
+    except MissingEntry:
+        return state
+    state.submitted, state.timestamp, state.extension = True, sub.timestamp, sub.extension
+    for nb in sub.notebooks:
+        for grade in nb.grades:
+            state.grades[(nb.name, grade.name)] = (grade.manual_score, grade.extra_credit)
+    return state
+
+
+def apply_student_state(gb: Gradebook, assignment: str, state: StudentState) -> None:
+    """Put ``state`` into a gradebook made by :func:`seed_gradebook`."""
+    gb.update_or_create_student(state.student, **state.details)
+    if not state.submitted:
+        return
+    sub = gb.update_or_create_submission(assignment, state.student, timestamp=state.timestamp)
+    sub.extension = state.extension
+    for (notebook, cell), (manual, extra) in state.grades.items():
+        try:
+            grade = gb.find_grade(cell, notebook, assignment, state.student)
+        except MissingEntry:  # the cell is no longer part of the assignment
+            continue
+        grade.manual_score, grade.extra_credit = manual, extra
+    gb.db.commit()

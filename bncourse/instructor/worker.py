@@ -23,7 +23,13 @@ from pathlib import Path
 import nbformat
 from traitlets.config import Config
 
-from bncourse.instructor.gradebook_io import SubmissionRecord, copy_sqlite, read_submission
+from bncourse.instructor.gradebook_io import (
+    StudentState,
+    SubmissionRecord,
+    apply_student_state,
+    copy_sqlite,
+    read_submission,
+)
 from bncourse.instructor.submissions import Inspection, inspect
 from bncourse.trusted.config import use_trusted_grading
 
@@ -48,6 +54,8 @@ class GradeJob:
     db_url: str | None = None
     feedback: bool = True
     allow_unsandboxed: bool = False
+    student_state: StudentState | None = None
+    """The student's rows to add to a copy of a seed gradebook (see ``gradebook_io``)."""
 
 
 @dataclass
@@ -66,6 +74,10 @@ class GradeResult:
     review: list[str] = field(default_factory=list)
     """Routes around the checks found in the source, for the instructor to read (not scored)."""
     sandboxed: bool = True
+    worker: str = ""
+    """The Dask worker that graded the submission ("" in the local process pool)."""
+    retries: int = 0
+    """How many times a worker died while grading it before it was graded."""
 
 
 def init_worker(threads: int | None, log_path: str | None) -> None:
@@ -205,6 +217,9 @@ def _grade(job: GradeJob, result: GradeResult) -> None:
     root = Path(tempfile.mkdtemp(prefix=f"{job.student}-", dir=job.scratch))
     result.workdir = root
     db_url = copy_sqlite(job.snapshot, root / "gradebook.db") if job.snapshot else job.db_url
+    if job.student_state is not None:
+        with Gradebook(db_url, str(job.config.CourseDirectory.get("course_id", ""))) as gb:
+            apply_student_state(gb, job.assignment, job.student_state)
     config = copy.deepcopy(job.config)
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.db_url = db_url
