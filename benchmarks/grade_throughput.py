@@ -1,5 +1,6 @@
 """Autograding throughput and the sandbox's cost: serial ``nbgrader``, ``bncourse grade`` with
-1 and 2 workers, and ``bncourse grade`` with the sandbox turned off.
+1 and 2 workers in its process pool and on a Dask ``LocalCluster``, and ``bncourse grade`` with
+the sandbox turned off.
 
 Builds a class of synthetic submissions of an assignment of this course (default: 40 of
 ``ps01_batchnorm``, a mix of correct, blank and partly wrong notebooks) in temporary course folders,
@@ -7,7 +8,9 @@ grades identical copies of it four ways and prints submissions per minute and th
 
 * serial: ``nbgrader autograde`` + ``nbgrader generate_feedback`` + ``nbgrader export``, the same
   three jobs ``bncourse grade`` does (plain ``nbgrader autograde`` alone is printed too);
-* ``bncourse grade --workers 1`` and ``bncourse grade --workers 2``;
+* ``bncourse grade --workers 1`` and ``bncourse grade --workers 2`` (the process pool);
+* ``bncourse grade --cluster local --workers 1`` and ``... --workers 2``: the same on Dask, every
+  submission and result travelling as data (the cluster's start and stop are in the time);
 * ``bncourse grade --workers 1`` with ``c.Sandbox.enabled = False``: the per-submission time with
   and without the sandbox, side by side (the trusted verdict is computed the same way in both).
 
@@ -139,7 +142,8 @@ def main() -> int:
         tmp = Path(tmp)
         base = make_base(tmp / "base", assignment, args.example)
         kinds = synthetic_class(base, assignment, args.n)
-        roots = {name: tmp / name for name in ("serial", "workers1", "workers2", "unsandboxed")}
+        names = ("serial", "workers1", "workers2", "dask1", "dask2", "unsandboxed")
+        roots = {name: tmp / name for name in names}
         for root in roots.values():
             shutil.copytree(base, root)
         with open(roots["unsandboxed"] / "nbgrader_config.py", "a") as config:
@@ -162,6 +166,16 @@ def main() -> int:
             ),
             "bncourse grade --workers 2": sh(
                 [*grade, "2"], roots["workers2"], "bncourse grade --workers 2"
+            ),
+            "bncourse grade --cluster local --workers 1": sh(
+                [*grade[:-1], "--cluster", "local", "--workers", "1"],
+                roots["dask1"],
+                "bncourse grade --cluster local --workers 1",
+            ),
+            "bncourse grade --cluster local --workers 2": sh(
+                [*grade[:-1], "--cluster", "local", "--workers", "2"],
+                roots["dask2"],
+                "bncourse grade --cluster local --workers 2",
             ),
             "bncourse grade --workers 1, no sandbox": sh(
                 [*grade, "1"], roots["unsandboxed"], "bncourse grade --workers 1, no sandbox"
@@ -205,12 +219,14 @@ def main() -> int:
     )
     sandboxed = seconds["bncourse grade --workers 1"] / n
     bare = seconds["bncourse grade --workers 1, no sandbox"] / n
+    on_dask = seconds["bncourse grade --cluster local --workers 1"] / n
     print(
         f"per submission, one worker: {sandboxed:.2f} s sandboxed, {bare:.2f} s without the "
         f"sandbox: the sandbox costs {100 * (sandboxed / bare - 1):+.1f}%; "
-        f"{sandboxed / floor:.2f}x the floor"
+        f"{sandboxed / floor:.2f}x the floor; on Dask {on_dask:.2f} s, {on_dask / floor:.2f}x "
+        "the floor"
     )
-    print(f"same grades in all four gradebooks: {same}; identical grades.csv: {same_csv}")
+    print(f"same grades in all {len(roots)} gradebooks: {same}; identical grades.csv: {same_csv}")
     print(
         "(CPU s: processor time of the run and its kernels; the machine's other load is not in "
         "it, and neither is that of sandboxed kernels, which are killed rather than waited for)"

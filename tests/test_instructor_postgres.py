@@ -120,3 +120,54 @@ def test_parallel_grading_into_postgresql_gradebook(postgres_url: str, tmp_path:
     run([str(BIN / "bncourse"), "grade", ec.ASSIGNMENT, "--student", "ann", "--no-progress"], root)
     again = class_records(postgres_url, ec.ASSIGNMENT)
     assert {s: r.key() for s, r in again.items()} == {s: r.key() for s, r in records.items()}
+
+
+def _new_database(url: str, name: str) -> str:
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    server = make_url(url)
+    conn = psycopg2.connect(
+        host=server.host, port=server.port, user=server.username, dbname="postgres"
+    )
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return str(server.set(database=name))
+
+
+def test_dask_local_cluster_grades_into_postgresql_from_the_instructor_process(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from nbgrader.api import Gradebook
+
+    url = _new_database(postgres_url, "gradebook_dask")
+    root = make_course(tmp_path / "course", db_url=url)
+    submit_kind(root, "ann", "correct")
+    submit_kind(root, "ben", "unbiased")
+    with Gradebook(url, "example") as gb:  # a grade given by hand before the autograder ran
+        gb.add_student("ben")
+        gb.add_submission(ec.ASSIGNMENT, "ben")
+        gb.find_grade("test_mean", ec.ASSIGNMENT, ec.ASSIGNMENT, "ben").manual_score = 1.5
+        gb.db.commit()
+
+    grade = [str(BIN / "bncourse"), "grade", ec.ASSIGNMENT, "--cluster", "local", "--workers", "2"]
+    proc = run([*grade, "--no-progress"], root)
+
+    assert "graded on the Dask cluster at tcp://127.0.0.1:" in proc.stdout
+    assert not (root / "gradebook.db").exists()
+    records = class_records(url, ec.ASSIGNMENT)
+    scores = {s: {g.cell: g.auto_score for g in r.grades} for s, r in records.items()}
+    assert scores == {
+        "ann": {"test_mean": 2, "test_variance": 3},
+        "ben": {"test_mean": 2, "test_variance": 0},
+    }
+    with Gradebook(url, "example") as gb:
+        ben = gb.find_grade("test_mean", ec.ASSIGNMENT, ec.ASSIGNMENT, "ben")
+        assert ben.manual_score == 1.5 and ben.needs_manual_grade  # as nbgrader flags it
+    with open(root / "grades.csv") as fh:
+        exported = {row["student_id"]: float(row["score"]) for row in csv.DictReader(fh)}
+    assert exported == {"ann": 5.0, "ben": 1.5}
+    for student in ("ann", "ben"):
+        assert (root / "feedback" / student / ec.ASSIGNMENT / f"{ec.ASSIGNMENT}.html").is_file()

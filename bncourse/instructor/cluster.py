@@ -190,12 +190,17 @@ def connect(scheduler: str, local_workers: int = 1, log_path: Path | None = None
             "grading on a Dask cluster needs the distributed package: pip install 'bncourse[cluster]'"
         ) from exc
     if scheduler == LOCAL:
+        # The cores shared between the workers' kernels, as in the process pool (Dask's nanny
+        # would give each one thread).
+        threads = str(max(1, (os.cpu_count() or 1) // local_workers))
+        env = {var: os.environ.get(var, threads) for var in worker.THREAD_VARIABLES}
         with (
             LocalCluster(
                 n_workers=local_workers,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
+                env=env,
             ) as cluster,
             Client(cluster) as client,
         ):

@@ -131,11 +131,14 @@ def _replace_tree(src: Path | None, dest: Path) -> None:
         shutil.copytree(src, dest, ignore=_keep_only)
 
 
-def _store(course: Course, assignment: str, result: worker.GradeResult, log_dir: Path) -> None:
-    """Bring one worker's result into the course: gradebook rows, graded notebooks, feedback."""
+def _store(
+    course: Course, assignment: str, result: worker.GradeResult, log_dir: Path, merge: bool
+) -> None:
+    """Bring one worker's result into the course: gradebook rows (``merge``: the worker wrote a
+    gradebook of its own), graded notebooks, feedback."""
     from nbgrader.api import Gradebook
 
-    if course.db_is_sqlite and result.record is not None:
+    if merge and result.record is not None:
         with Gradebook(course.db_url, course.course_id) as gb:
             write_submission(gb, result.record)
     _replace_tree(result.autograded, course.autograded_dir / result.student / assignment)
@@ -196,7 +199,11 @@ def grade_class(
     worker.silence_library_warnings()
     report = ClassReport(assignment=assignment)
     settings = Sandbox(config=course.config)
-    report.unsandboxed = settings.unavailable()
+    remote = bool(scheduler) and scheduler != cluster.LOCAL
+    on_dask = bool(scheduler)  # every Dask worker grades into a seed gradebook of its own
+    # On a remote cluster each worker checks its own sandbox (a submission graded where none can
+    # start fails with that reason, unless allowed); this machine's does not matter.
+    report.unsandboxed = None if remote else settings.unavailable()
     allow_unsandboxed = allow_unsandboxed or settings.allow_unsandboxed
     if report.unsandboxed and not allow_unsandboxed:
         raise SandboxUnavailable(
@@ -227,7 +234,8 @@ def grade_class(
         )
 
         def on_result(result: worker.GradeResult) -> None:
-            _store(course, assignment, result, report.log_dir)
+            # Pool workers write to a database server themselves; Dask workers never do.
+            _store(course, assignment, result, report.log_dir, course.db_is_sqlite or on_dask)
             report.results.append(result)
             bar.update(1)
             bar.set_postfix_str(f"{bar.total - bar.n} remaining, last: {result.student}")
@@ -262,6 +270,9 @@ def grade_class(
         bar.close()
 
     report.results.sort(key=lambda r: r.student)
+    bare = sorted({r.worker for r in report.results if r.success and not r.sandboxed})
+    if remote and bare:
+        report.unsandboxed = f"the workers {', '.join(bare)} could start no sandbox"
     report.csv = export_grades(course, csv or course.root / "grades.csv")
     return report
 

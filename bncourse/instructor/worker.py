@@ -80,10 +80,14 @@ class GradeResult:
     """How many times a worker died while grading it before it was graded."""
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""The environment variables that set how many threads a kernel's torch uses."""
+
+
 def init_worker(threads: int | None, log_path: str | None) -> None:
     """Process-pool initializer: quiet stderr into a log file, share the cores between kernels."""
     if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        for var in THREAD_VARIABLES:
             os.environ.setdefault(var, str(threads))
     if log_path:
         redirect_stderr(log_path)

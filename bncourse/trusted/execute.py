@@ -40,6 +40,7 @@ from nbformat.v4 import new_code_cell, new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Unicode
 
+from bncourse.grading.guard import notebook_runs_elsewhere
 from bncourse.trusted.proxies import Kernel, KernelError
 from bncourse.trusted.sandbox import (
     Sandbox,
@@ -324,7 +325,11 @@ class TrustedExecute(Execute):
                     del self._namespace[name]
                     self._remote.discard(name)
             code = compile(source, f"<test cell {grade_id}>", "exec")
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with (
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+                notebook_runs_elsewhere(),
+            ):
                 exec(code, self._namespace)  # the instructor's test code, never the student's
         except KernelError as error:
             outputs.append(_error_output("KernelError", str(error)))
