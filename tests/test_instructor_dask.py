@@ -227,3 +227,21 @@ def test_archives_leave_out_links_and_refuse_escapes(tmp_path: Path) -> None:
     with pytest.raises(tarfile.TarError):
         dc.unpack_tree(evil.getvalue(), tmp_path / "evil")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_what_travels_holds_no_gradebook_address_and_no_links(tmp_path: Path) -> None:
+    from traitlets.config import Config
+
+    config = Config()
+    config.CourseDirectory.db_url = "postgresql+psycopg2://grader:s3cret@db.example.org/gb"
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / f"{A}.ipynb").write_text("{}")
+    (tmp_path / "seed.db").write_bytes(b"")
+    shared = dc.shared_inputs(
+        A, config, tmp_path / "source", "solutions", None, tmp_path / "seed.db", {A: set()}
+    )
+    assert shared.config.CourseDirectory.db_url == ""
+    assert config.CourseDirectory.db_url.endswith("/gb")  # the instructor's own is untouched
+    import pickle
+
+    assert b"s3cret" not in pickle.dumps(shared)

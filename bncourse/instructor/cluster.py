@@ -17,6 +17,7 @@ and after ``distributed.scheduler.allowed-failures`` deaths (default 3) it gives
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import shutil
@@ -318,7 +319,13 @@ def shared_inputs(
     expected: dict[str, set[str]],
     **options,
 ) -> SharedInputs:
-    """Pack what every task needs (see :class:`SharedInputs`)."""
+    """Pack what every task needs (see :class:`SharedInputs`).
+
+    The configuration travels without the gradebook's URL (a database server's password may be
+    in it): a worker grades into the seed gradebook, never into the course's.
+    """
+    config = copy.deepcopy(config)
+    config.CourseDirectory.db_url = ""
     return SharedInputs(
         assignment=assignment,
         config=config,
