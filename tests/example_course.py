@@ -74,3 +74,16 @@ def notebook_view(path: Path) -> list[tuple]:
         )
         view.append((cell.cell_type, cell.source, cell.metadata.get("nbgrader"), outputs))
     return view
+
+
+def gradebook_url(root: Path) -> str:
+    """The URL of the SQLite gradebook of the example course at ``root``."""
+    return f"sqlite:///{Path(root) / 'gradebook.db'}"
+
+
+def graded_notebooks(root: Path) -> dict[str, list]:
+    """Every graded notebook of the example assignment under ``root``, as :func:`notebook_view`."""
+    return {
+        str(p.relative_to(root)): notebook_view(p)
+        for p in sorted((Path(root) / "autograded").glob(f"*/{ec.ASSIGNMENT}/*.ipynb"))
+    }

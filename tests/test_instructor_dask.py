@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from dask_cluster import Cluster
-from example_course import BIN, env, make_course, notebook_view, run, submit_kind
+from example_course import (
+    BIN,
+    env,
+    gradebook_url,
+    graded_notebooks,
+    make_course,
+    run,
+    submit_kind,
+)
 from nbgrader.api import Gradebook
 
 from bncourse.cli import main
@@ -41,17 +49,6 @@ worker.grade = _grade_or_die
 '''
 
 
-def _db(root: Path) -> str:
-    return f"sqlite:///{root / 'gradebook.db'}"
-
-
-def _graded(root: Path) -> dict[str, list]:
-    return {
-        str(p.relative_to(root)): notebook_view(p)
-        for p in sorted((root / "autograded").glob(f"*/{A}/*.ipynb"))
-    }
-
-
 def _a_class(base: Path) -> None:
     """Correct, wrong (with a grade given by hand), blank, late and broken submissions."""
     make_course(base)
@@ -62,7 +59,7 @@ def _a_class(base: Path) -> None:
     submit_kind(base, "eve", "correct")
     (base / "submitted" / "di" / A / "timestamp.txt").write_text("2026-03-01 12:30:00.000000 UTC")
     (base / "submitted" / "eve" / A / f"{A}.ipynb").write_text('{"cells": [')  # broken JSON
-    with Gradebook(_db(base)) as gb:
+    with Gradebook(gradebook_url(base)) as gb:
         gb.update_or_create_assignment(A, duedate=datetime(2026, 3, 1, 12, 0, 0))
         gb.add_student("bo", first_name="Bo", email="bo@example.org")
         gb.add_submission(A, "bo")
@@ -113,16 +110,16 @@ def test_dask_cluster_with_a_killed_worker_equals_serial_nbgrader(tmp_path: Path
         cluster.stop()
 
     assert grading.returncode == 1, out + err  # eve's notebook cannot be graded
-    expected, got = class_records(_db(serial), A), class_records(_db(dask), A)
+    expected, got = class_records(gradebook_url(serial), A), class_records(gradebook_url(dask), A)
     assert sorted(got) == ["ada", "bo", "cy", "di", "eve"]
     assert {s: r.key() for s, r in got.items()} == {s: r.key() for s, r in expected.items()}
     assert [got[s].score for s in sorted(got)] == [5.0, 1.5, 0.0, 5.0, 0.0]
-    with Gradebook(_db(dask)) as gb:
+    with Gradebook(gradebook_url(dask)) as gb:
         bo = gb.find_grade("test_mean", A, A, "bo")
         assert bo.manual_score == 1.5 and bo.needs_manual_grade
         assert len(gb.find_assignment(A).submissions) == 5  # each student graded exactly once
-    graded = _graded(dask)
-    assert graded == {k: v for k, v in _graded(serial).items() if "/eve/" not in k}
+    graded = graded_notebooks(dask)
+    assert graded == {k: v for k, v in graded_notebooks(serial).items() if "/eve/" not in k}
     assert (dask / "grades.csv").read_text() == (serial / "grades.csv").read_text()
     for student in ("ada", "bo", "cy", "di"):
         assert (dask / "feedback" / student / A / f"{A}.html").is_file()
@@ -174,7 +171,7 @@ def test_a_submission_that_keeps_killing_workers_is_reported_not_retried_forever
     )
     assert "crash (2x)" in proc.stdout
     assert "Could not grade: crash" in proc.stdout
-    records = class_records(_db(root), A)
+    records = class_records(gradebook_url(root), A)
     assert records["ada"].score == 5 and "crash" not in records
 
 

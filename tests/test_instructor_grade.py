@@ -7,7 +7,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from example_course import BIN, make_course, notebook_view, run, submit_kind, tree_hashes
+from example_course import (
+    BIN,
+    gradebook_url,
+    graded_notebooks,
+    make_course,
+    run,
+    submit_kind,
+    tree_hashes,
+)
 from nbgrader.api import Gradebook
 
 from bncourse.cli import main
@@ -15,17 +23,6 @@ from bncourse.instructor import example_class as ec
 from bncourse.instructor.gradebook_io import class_records
 
 A = ec.ASSIGNMENT
-
-
-def _db(root: Path) -> str:
-    return f"sqlite:///{root / 'gradebook.db'}"
-
-
-def _graded_notebooks(root: Path) -> dict[str, list]:
-    return {
-        str(p.relative_to(root)): notebook_view(p)
-        for p in sorted((root / "autograded").glob(f"*/{A}/*.ipynb"))
-    }
 
 
 @pytest.mark.slow
@@ -36,7 +33,9 @@ def test_parallel_grades_equal_serial_nbgrader_autograde(tmp_path: Path) -> None
     submit_kind(base, "cy", "blank")
     submit_kind(base, "di", "correct")
     (base / "submitted" / "di" / A / "timestamp.txt").write_text("2026-03-01 12:30:00.000000 UTC")
-    with Gradebook(_db(base)) as gb:  # an assignment with a due date, and a grade given by hand
+    with Gradebook(
+        gradebook_url(base)
+    ) as gb:  # an assignment with a due date, and a grade given by hand
         gb.update_or_create_assignment(A, duedate=datetime(2026, 3, 1, 12, 0, 0))
         gb.add_student("bo")
         gb.add_submission(A, "bo")
@@ -51,15 +50,18 @@ def test_parallel_grades_equal_serial_nbgrader_autograde(tmp_path: Path) -> None
     run([str(BIN / "nbgrader"), "export"], serial)
     proc = run([str(BIN / "bncourse"), "grade", A, "--workers", "2"], parallel)
 
-    expected, got = class_records(_db(serial), A), class_records(_db(parallel), A)
+    expected, got = (
+        class_records(gradebook_url(serial), A),
+        class_records(gradebook_url(parallel), A),
+    )
     assert sorted(got) == ["ada", "bo", "cy", "di"]
     assert {s: r.key() for s, r in got.items()} == {s: r.key() for s, r in expected.items()}
     assert [got[s].score for s in sorted(got)] == [5.0, 1.5 + 0.0, 0.0, 5.0]
     assert got["di"].timestamp is not None
-    with Gradebook(_db(parallel)) as gb:
+    with Gradebook(gradebook_url(parallel)) as gb:
         bo = gb.find_grade("test_mean", A, A, "bo")
         assert bo.manual_score == 1.5 and bo.needs_manual_grade
-    assert _graded_notebooks(parallel) == _graded_notebooks(serial)
+    assert graded_notebooks(parallel) == graded_notebooks(serial)
     assert (parallel / "grades.csv").read_text() == (serial / "grades.csv").read_text()
     for student in got:
         assert (parallel / "feedback" / student / A / f"{A}.html").is_file()
@@ -75,13 +77,13 @@ def test_rerun_is_idempotent_and_keeps_latest_submission(tmp_path: Path) -> None
     submit_kind(root, "bob", "unbiased")
     grade = [str(BIN / "bncourse"), "grade", A, "--workers", "2", "--no-progress"]
     run(grade, root)
-    first, first_nbs = class_records(_db(root), A), _graded_notebooks(root)
+    first, first_nbs = class_records(gradebook_url(root), A), graded_notebooks(root)
     assert first["bob"].score == ec.POINTS["test_mean"]
 
     submit_kind(root, "bob", "correct")  # bob hands in again, later; alice's files stay as they are
     (root / "submitted" / "bob" / A / "timestamp.txt").write_text("2026-04-01 09:00:00.000000 UTC")
     run(grade, root)
-    latest, latest_nbs = class_records(_db(root), A), _graded_notebooks(root)
+    latest, latest_nbs = class_records(gradebook_url(root), A), graded_notebooks(root)
     assert latest["bob"].score == 5
     assert latest["bob"].timestamp == datetime(2026, 4, 1, 9, 0, 0)
     assert latest["alice"].key() == first["alice"].key()  # re-grading alice changed nothing
@@ -108,5 +110,5 @@ def test_assignment_released_without_gradebook_is_added(tmp_path: Path) -> None:
     submit_kind(root, "ann", "correct")
     proc = run([str(BIN / "bncourse"), "grade", A, "--no-progress"], root)
     assert f"Added assignment {A} to the gradebook" in proc.stdout
-    assert class_records(_db(root), A)["ann"].score == 5
+    assert class_records(gradebook_url(root), A)["ann"].score == 5
     assert tree_hashes(root / "exercises") == released  # registered without re-releasing
