@@ -4,15 +4,16 @@ The workers share no filesystem with the instructor. Each task carries one stude
 files (a tar archive in memory) and the student's rows of the gradebook (``StudentState``); what
 every task needs (the source folder, the released notebooks, a seed gradebook with only the
 assignment's definition, the configuration) is one more task, sent once and fetched by each
-worker from another. A worker grades
-in a private folder under its own local directory with the same code as the process pool
+worker from another. A worker grades in a private folder under its own local directory with the
+same code as the process pool
 (:func:`bncourse.instructor.worker.grade`, sandbox included) and sends back the graded notebooks,
 the feedback pages and the gradebook record as data. The instructor's process stays the only
 writer to the gradebook and to the course folder.
 
 A worker that dies mid-grade is Dask's business: the scheduler gives the task to another worker,
 and after ``distributed.scheduler.allowed-failures`` deaths (default 3) it gives up with
-``KilledWorker``; that submission is then reported as failed, not retried again.
+``KilledWorker``. That submission is then graded once more on its own (see
+:func:`grade_on_cluster`) and reported as failed if its workers die again.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def unpack_tree(data: bytes, dest: Path) -> Path:
 
 @dataclass
 class SharedInputs:
-    """What grading any student of the assignment needs; scattered to the workers once."""
+    """What grading any student of the assignment needs; sent to the cluster once, as a task."""
 
     assignment: str
     config: Config

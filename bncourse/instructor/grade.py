@@ -240,33 +240,13 @@ def grade_class(
             bar.update(1)
             bar.set_postfix_str(f"{bar.total - bar.n} remaining, last: {result.student}")
 
+        run = (course, assignment, students, workers, scratch, expected, on_result)
+        options = {"feedback": feedback, "allow_unsandboxed": allow_unsandboxed}
+        log_path = report.log_dir / "workers.log"
         if scheduler:
-            report.cluster = _grade_on_cluster(
-                course,
-                assignment,
-                students,
-                scheduler,
-                workers,
-                scratch,
-                expected,
-                on_result,
-                report.log_dir / "workers.log",
-                feedback=feedback,
-                allow_unsandboxed=allow_unsandboxed,
-            )
+            report.cluster = _grade_on_cluster(*run, log_path, scheduler, **options)
         else:
-            _grade_in_pool(
-                course,
-                assignment,
-                students,
-                workers,
-                scratch,
-                expected,
-                on_result,
-                report.log_dir / "workers.log",
-                feedback=feedback,
-                allow_unsandboxed=allow_unsandboxed,
-            )
+            _grade_in_pool(*run, log_path, **options)
         bar.close()
 
     report.results.sort(key=lambda r: r.student)
@@ -326,12 +306,12 @@ def _grade_on_cluster(
     course: Course,
     assignment: str,
     students: list[str],
-    scheduler: str,
     workers: int,
     scratch: Path,
     expected: dict[str, set[str]],
     on_result,
     log_path: Path,
+    scheduler: str,
     **options,
 ) -> ClusterRun:
     """Grade ``students`` on a Dask cluster: a seed gradebook and each student's rows travel as
