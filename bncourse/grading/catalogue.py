@@ -3,8 +3,10 @@
 Each :class:`Misconception` says what the mistake is, explains it in a short paragraph, links the
 book section that teaches the right convention, and lists its *mutants*: for each graded task
 (see :mod:`bncourse.grading.tasks`) the keyword flags that turn the task's reference into an
-implementation that makes exactly this mistake. A check recognises the misconception when the
-submission behaves like one of its mutants on every input drawn.
+implementation that makes exactly this mistake, and its *signatures*: for each task, tests of
+the mistake's effect on the results (:mod:`bncourse.grading.signatures`). A check recognises the
+misconception when the submission behaves like one of its mutants on every input drawn, or when
+one of its signatures matches.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from bncourse.grading.signatures import Signature
 
 __all__ = ["BOOK_URL_VARIABLE", "CATALOGUE", "Misconception", "book_link"]
 
@@ -33,7 +37,10 @@ def book_link(page: str, anchor: str) -> str:
 
 @dataclass(frozen=True)
 class Misconception:
-    """A known mistake: its name, feedback paragraph, book section and mutants per task."""
+    """A known mistake: its name, feedback paragraph, book section, mutants and signatures.
+
+    ``mutants`` and ``signatures`` are keyed by task name (:class:`bncourse.grading.engine.Task`).
+    """
 
     name: str
     title: str
@@ -41,10 +48,15 @@ class Misconception:
     page: str
     anchor: str
     mutants: Mapping[str, tuple[Flags, ...]] = field(default_factory=dict)
+    signatures: Mapping[str, tuple[Signature, ...]] = field(default_factory=dict)
 
     @property
     def link(self) -> str:
         return book_link(self.page, self.anchor)
+
+    def tasks(self) -> set[str]:
+        """The tasks whose checks can recognise this misconception."""
+        return set(self.mutants) | set(self.signatures)
 
     def explain(self) -> str:
         """The paragraph a failing check prints: title and name, feedback, where to read more.

@@ -40,6 +40,7 @@ from bncourse.grading.engine import (
     Result,
     Task,
     draw_seed,
+    reports_unfinished,
     resolve_device,
     run_check,
 )
@@ -340,9 +341,10 @@ class _Pipeline:
         self.forward, self.backward = forward, backward
 
     def __call__(self, x, p, training, generator, dout):
-        value = self.forward(x, p, training, generator)
+        with reports_unfinished("dropout_forward"):
+            value = self.forward(x, p, training, generator)
         out = _forward_pair(value, x)
-        with forbid_autograd("dropout_backward") as guard:
+        with reports_unfinished("dropout_backward"), forbid_autograd("dropout_backward") as guard:
             try:
                 dx = self.backward(dout, value[1])
             except ReferenceCallError:
