@@ -19,6 +19,7 @@ from bncourse import grading
 from bncourse.grading import CATALOGUE, CheckFailure, ReferenceCallError, forbid_reference
 from bncourse.grading.batchnorm import (
     EVAL_SPECS,
+    TRAIN,
     TRAIN_SPECS,
     batchnorm_eval_variant,
     batchnorm_train_variant,
@@ -383,12 +384,22 @@ _ALLOWED_FLOATS = {
     for v in (momentum, eps)
     if v is not None
 } | {0.1, 0.9, 0.99}  # conventions quoted in the feedback text
+# An uncatalogued mistake whose feedback states the submission's own factors: a relation between
+# its values and the right ones, never an expected value.
+_OUTPUT_FACTOR, _BUFFER_FACTOR = 1.001, 1.01
 
 
 def _unknown_mistake(x, gamma, beta, running_mean, running_var, momentum, eps):
     out = train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps)
-    running_var.mul_(1.01)
-    return out * 1.001
+    running_var.mul_(_BUFFER_FACTOR)
+    return out * _OUTPUT_FACTOR
+
+
+def _patternless_mistake(x, gamma, beta, running_mean, running_var, momentum, eps):
+    """Uncatalogued, and neither a scaling nor an offset of the right values."""
+    out = train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps)
+    running_var.add_(0.1 * running_var**2)
+    return out + 0.01 * x**3
 
 
 @pytest.mark.parametrize(
@@ -409,17 +420,29 @@ def test_messages_contain_no_expected_value(check, student):
         check(student, seed=11)
     message = str(failure.value)
     assert "tensor(" not in message
-    assert {float(v) for v in _FLOAT.findall(message)} <= _ALLOWED_FLOATS, message
+    allowed = _ALLOWED_FLOATS | {_OUTPUT_FACTOR, _BUFFER_FACTOR}
+    assert {float(v) for v in _FLOAT.findall(message)} <= allowed, message
     assert "seed 11" in message
 
 
-def test_unknown_mistake_says_where_the_values_first_differ():
+def test_unknown_scaling_is_described_with_its_factor():
     with pytest.raises(CheckFailure) as failure:
         grading.check_conv_layout(_unknown_mistake, seed=5)
     message = str(failure.value)
     assert "No catalogued misconception matches" in message
+    assert f"your output equals the correct one times about {_OUTPUT_FACTOR:g}" in message
+    assert f"your running_var equals the correct one times about {_BUFFER_FACTOR:g}" in message
+    assert f"Closest section of the book: {TRAIN.link()}" in message
+
+
+def test_unknown_mistake_says_where_the_values_first_differ():
+    with pytest.raises(CheckFailure) as failure:
+        grading.check_conv_layout(_patternless_mistake, seed=5)
+    message = str(failure.value)
+    assert "No catalogued misconception matches" in message
     assert "output differs in" in message and "the first at index (" in message
     assert "running_var differs in" in message
+    assert f"Closest section of the book: {TRAIN.link()}" in message
 
 
 def test_inputs_are_drawn_when_the_check_runs():
@@ -468,19 +491,32 @@ def test_malformed_returns_get_a_clear_message(student, match):
         grading.check_batchnorm_train(student)
 
 
-def test_errors_in_student_code_propagate_with_the_input_described():
+def test_errors_in_student_code_propagate_with_the_input_described_and_a_book_link():
+    def broken(x, *args):
+        return x @ x  # (N, C) @ (N, C): a shape error in the student's code
+
+    with pytest.raises(RuntimeError) as error:
+        grading.check_batchnorm_train(broken)
+    notes = "\n".join(error.value.__notes__)
+    assert "input of shape" in notes
+    assert f"Read more: {TRAIN.link()}" in notes
+
+
+def test_an_unfinished_function_says_so_and_nothing_else():
     def unfinished(*args):
         raise NotImplementedError
 
-    with pytest.raises(NotImplementedError) as error:
-        grading.check_batchnorm_train(unfinished)
-    assert any("input of shape" in note for note in error.value.__notes__)
+    for check in (grading.check_batchnorm_train, grading.check_conv_layout):
+        with pytest.raises(CheckFailure) as error:
+            check(unfinished)
+        assert str(error.value) == "batchnorm_forward_train is not implemented yet."
+        assert not getattr(error.value, "__notes__", [])
 
 
 def test_catalogue_entries_are_complete():
     for name, misconception in CATALOGUE.items():
         assert misconception.name == name
-        assert misconception.mutants, name
+        assert misconception.mutants or misconception.signatures, name
         assert len(misconception.feedback) > 80, name
         assert re.fullmatch(r"book/[a-z0-9_-]+\.html#[a-z0-9-]+", misconception.link), name
 

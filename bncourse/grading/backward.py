@@ -303,6 +303,12 @@ _LABELS = {
     "grad_bias": "dbeta (gradient with respect to beta)",
 }
 
+
+def _inputs(case: BatchNormCase) -> dict[str, Tensor]:
+    """What dx may be confused with: the input and the upstream gradient, by the student's names."""
+    return {"dout": case.grad_output, "x": case.x}
+
+
 BACKWARD = Task(
     name="batchnorm_backward",
     function_name=FUNCTION_NAME,
@@ -310,6 +316,8 @@ BACKWARD = Task(
     reference=_autograd_reference,
     variant=batchnorm_backward_variant,
     labels=_LABELS,
+    channel_dims={"grad_input": 1},
+    inputs=_inputs,
 )
 # The same task with finite differences of the forward pass as the reference.
 NUMERIC = Task(
@@ -319,6 +327,8 @@ NUMERIC = Task(
     reference=_numeric_reference,
     variant=batchnorm_backward_variant,
     labels=_LABELS,
+    channel_dims={"grad_input": 1},
+    inputs=_inputs,
 )
 
 

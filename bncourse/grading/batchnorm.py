@@ -400,6 +400,7 @@ TRAIN = Task(
         "grad_bias": "gradient with respect to beta",
     },
     undefined=_train_undefined,
+    channel_dims={"output": 1, "grad_input": 1},
 )
 EVAL = Task(
     name="batchnorm_eval",
@@ -408,6 +409,8 @@ EVAL = Task(
     reference=_eval_reference,
     variant=batchnorm_eval_variant,
     labels={"output": "output", "buffers_unchanged": "running statistics left unchanged"},
+    channel_dims={"output": 1},
+    book=("batchnorm", "bn-eval"),
 )
 
 

@@ -179,16 +179,18 @@ class Task:
     def section(self, catalogue: Catalogue = CATALOGUE) -> tuple[str, str] | None:
         """The (page, anchor) of the book section closest to this task.
 
-        ``book`` when given, else the section linked by most of the misconceptions catalogued
-        for the task (the first of them on a tie), None when there are none.
+        ``book`` when given; else, on the page most of the task's catalogued misconceptions link,
+        the section of the first of them (the catalogue lists the basics first); None when the
+        task has none.
         """
         if self.book is not None:
             return self.book
         sections = [(m.page, m.anchor) for m in catalogue.values() if self.name in m.tasks()]
         if not sections:
             return None
-        counts = collections.Counter(sections)
-        return max(sections, key=lambda s: (counts[s], -sections.index(s)))
+        pages = collections.Counter(page for page, _ in sections)
+        page = max(pages, key=lambda p: (pages[p], -[s[0] for s in sections].index(p)))
+        return next(s for s in sections if s[0] == page)
 
     def link(self, catalogue: Catalogue = CATALOGUE) -> str | None:
         """The link to :meth:`section`, as a failing check prints it."""
