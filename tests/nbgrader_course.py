@@ -147,6 +147,19 @@ def cell_text(cell: NotebookNode) -> str:
     return "\n".join(parts)
 
 
+def says_only_not_implemented(text: str) -> bool:
+    """Whether a graded cell's feedback says that a function is not implemented yet and nothing
+    else: no misconception, no hint, no link."""
+    from bncourse.grading import CATALOGUE
+
+    return (
+        "is not implemented yet" in text
+        and "Misconception:" not in text
+        and "Read more:" not in text
+        and not any(f"[{name}]" in text for name in CATALOGUE)
+    )
+
+
 def by_grade_id(nb: NotebookNode) -> dict[str, NotebookNode]:
     """The cells of ``nb`` that have nbgrader metadata, by grade id."""
     return {

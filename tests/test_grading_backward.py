@@ -314,9 +314,19 @@ _FLOAT = re.compile(r"-?\d+\.\d+(?:e-?\d+)?|\d+e-?\d+")
 _ALLOWED = {eps for _, _, eps in bw.FC_SPECS + bw.CONV_SPECS}
 
 
+# An uncatalogued mistake: its feedback states the submission's own factor (a relation to the
+# right values, never one of them).
+_FACTOR = 1.01
+
+
 def _unknown_mistake(dout, x, gamma, eps):
     dx, dgamma, dbeta = staged_graph(dout, x, gamma, eps)
-    return dx * 1.01, dgamma, dbeta
+    return dx * _FACTOR, dgamma, dbeta
+
+
+def _patternless_mistake(dout, x, gamma, eps):
+    dx, dgamma, dbeta = staged_graph(dout, x, gamma, eps)
+    return dx + 0.01 * x**3, dgamma, dbeta
 
 
 @pytest.mark.parametrize(
@@ -336,13 +346,24 @@ def test_messages_contain_no_expected_value(check, student):
         check(student, seed=11)
     message = str(failure.value)
     assert "tensor(" not in message
-    assert {float(v) for v in _FLOAT.findall(message)} <= _ALLOWED, message
+    assert {float(v) for v in _FLOAT.findall(message)} <= _ALLOWED | {_FACTOR}, message
     assert "seed 11" in message
+
+
+def test_unknown_scaling_is_described_with_its_factor():
+    with pytest.raises(CheckFailure) as failure:
+        bw.check_batchnorm_backward_input(_unknown_mistake, seed=5)
+    message = str(failure.value)
+    assert "No catalogued misconception matches" in message
+    assert f"dx (gradient with respect to x) equals the correct one times about {_FACTOR:g}" in (
+        message
+    )
+    assert f"Closest section of the book: {bw.BACKWARD.link()}" in message
 
 
 def test_unknown_mistake_says_where_the_values_first_differ():
     with pytest.raises(CheckFailure) as failure:
-        bw.check_batchnorm_backward_input(_unknown_mistake, seed=5)
+        bw.check_batchnorm_backward_input(_patternless_mistake, seed=5)
     message = str(failure.value)
     assert "No catalogued misconception matches" in message
     assert "dx (gradient with respect to x) differs in" in message
