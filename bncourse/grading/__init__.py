@@ -9,11 +9,16 @@ student's code runs, calling the reference or torch's own normalization and drop
 
 Layout: :mod:`~bncourse.grading.catalogue` (the misconceptions: feedback, book section, mutants per
 task), :mod:`~bncourse.grading.engine` (run, compare, diagnose; shared by every exercise),
-:mod:`~bncourse.grading.guard`, :mod:`~bncourse.grading.compare`, and one module of checks per
-topic (:mod:`~bncourse.grading.batchnorm`). A new graded function is a new
+:mod:`~bncourse.grading.signatures` (a mistake recognised by its effect on the results, besides
+its mutants), :mod:`~bncourse.grading.patterns` (what an unexplained difference has in common
+with the right values: a scaling, an offset, NaN, ...), :mod:`~bncourse.grading.guard`,
+:mod:`~bncourse.grading.compare`, and one module of checks per topic
+(:mod:`~bncourse.grading.batchnorm`). A new graded function is a new
 :class:`~bncourse.grading.engine.Task` (how to call it and what to read back, its reference, a
 variant function whose keyword flags make each catalogued mistake) plus catalogue entries, or
-extra ``mutants`` on existing entries, keyed by the task's name.
+extra ``mutants`` or ``signatures`` on existing entries, keyed by the task's name. Every failure
+links the book: the misconception's section, else the task's closest one. A graded function that
+raises NotImplementedError (the released stub) fails with "... is not implemented yet" alone.
 
 Functions that take a whole network (:mod:`~bncourse.grading.probe`,
 :mod:`~bncourse.grading.recalibration`, :mod:`~bncourse.grading.train_eval`,
