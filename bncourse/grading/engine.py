@@ -476,7 +476,8 @@ def run_check(
         lines += [m.explain() for m in found]
     unexplained = [q for q in failing if not whole and q not in partial]
     if unexplained:
-        lines += ["", "No catalogued misconception matches. What the values show:"]
+        names = ", ".join(task.labels[q] for q in unexplained)
+        lines += ["", f"No catalogued misconception matches the {names}. What the values show:"]
         lines += [
             _what_the_values_show(task, q, cases, student, expected, tols) for q in unexplained
         ]
