@@ -2,9 +2,9 @@
 
 The trusted verdict does not depend on it: whatever a submission does to its own kernel, its
 functions are judged by their outputs on inputs drawn in the grader. The guard that refuses
-delegation (torch's batch norm and dropout, :mod:`bncourse.nn`) runs inside the student's kernel,
-though, where code that disables torch-function handling or calls ``torch.ops.aten`` kernels can
-slip past it. Honest solutions never need the constructs below (calls of torch's layers are not
+delegation (torch's batch norm and dropout, every ``torch.ops`` kernel, :mod:`bncourse.nn`) runs
+inside the student's kernel, though, where code that disables torch-function handling can slip
+past it (and a kernel called that way is an ATen kernel again). Honest solutions never need the constructs below (calls of torch's layers are not
 among them: the network exercises use them, and the guard refuses them where they are not
 allowed), so each one is reported with the cell it is in, for the instructor to read.
 """
