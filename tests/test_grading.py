@@ -146,6 +146,34 @@ def test_two_mistakes_at_once_are_both_named():
     assert _named(str(failure.value)) == {"biased-running-variance", "eps-missing"}
 
 
+@pytest.mark.parametrize(
+    ("flags", "check", "names"),
+    [
+        (
+            {"batch_var": "unbiased", "momentum_kind": "constant"},
+            grading.check_running_update,
+            {"normalized-with-unbiased-variance", "momentum-hard-coded"},
+        ),
+        (
+            {"running_var_kind": "batch_size", "eps_kind": "missing"},
+            grading.check_conv_layout,
+            {"bessel-factor-batch-size", "eps-missing"},
+        ),
+        (
+            {"affine": "swapped", "in_place": True},
+            grading.check_batchnorm_train,
+            {"gamma-beta-swapped", "inputs-modified-in-place"},
+        ),
+    ],
+    ids=["unbiased+momentum", "bessel+eps", "swapped+in-place"],
+)
+def test_new_mistakes_are_named_in_pairs(flags, check, names):
+    for seed in SEEDS:
+        with pytest.raises(CheckFailure) as failure:
+            check(functools.partial(batchnorm_train_variant, **flags), seed=seed)
+        assert _named(str(failure.value)) == names, str(failure.value)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_keras_update_is_named_as_one_convention_not_two_mistakes(seed):
     student = functools.partial(

@@ -118,6 +118,28 @@ def test_each_catalogued_mistake_fails_exactly_its_checks_and_is_named(name, lab
         assert CATALOGUE[name].link in message
 
 
+@pytest.mark.parametrize(
+    ("flags", "names"),
+    [
+        (
+            {"eps_in_backward": False, "gamma_in_dx": False},
+            {"grad-eps-missing", "grad-input-without-gamma"},
+        ),
+        (
+            {"paths": "variance_sign", "in_place": True},
+            {"grad-variance-path-sign", "inputs-modified-in-place"},
+        ),
+    ],
+    ids=["eps+gamma", "sign+in-place"],
+)
+def test_new_mistakes_are_named_in_pairs(flags, names):
+    student = functools.partial(bw.batchnorm_backward_variant, **flags)
+    for seed in range(3):
+        with pytest.raises(CheckFailure) as failure:
+            bw.check_batchnorm_backward_input(student, seed=seed)
+        assert _named(str(failure.value)) == names, str(failure.value)
+
+
 def test_the_variant_without_flags_is_the_reference():
     for case in draw_cases(bw.FC_SPECS + bw.CONV_SPECS, seed=3, device="cpu", gradients=True):
         case = case.exact()
