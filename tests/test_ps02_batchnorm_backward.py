@@ -170,6 +170,12 @@ DELEGATIONS = {
     ),
 }
 
+# Code that raises a TypeError: the feedback says what the check called and what it expects.
+CRASHES = {
+    "dims-with-a-range": edited(CODE, (DIMS, "dims = (0, range(2, x.dim()))")),
+}
+SIGNATURE = "The check called batchnorm_backward(dout, x, gamma, eps) with dout and x"
+
 ALTERNATIVES = {
     # CS231n's staged graph, node by node, in the order of the forward pass.
     "staged-graph": """
@@ -234,7 +240,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Graded]:
     notebooks = {"solution": submission(source), "blank": BLANK}
     for name, m in {**MUTANTS, **DELEGATIONS}.items():
         notebooks[name] = submission(source, {CELL: m.code})
-    for name, code in ALTERNATIVES.items():
+    for name, code in {**CRASHES, **ALTERNATIVES}.items():
         notebooks[name] = submission(source, {CELL: code})
     root = tmp_path_factory.mktemp(ASSIGNMENT)
     results = autograde_many(root, ASSIGNMENT, {_student_id(k): v for k, v in notebooks.items()})
@@ -282,6 +288,16 @@ def test_each_mistake_loses_exactly_its_cells_and_is_named(graded, name):
             # The feedback shows no expected value: no tensors, no long decimals.
             assert "tensor(" not in text
             assert not re.search(r"\d\.\d{4,}", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CRASHES))
+def test_a_type_error_says_what_was_called_and_expected(graded, name):
+    result = graded[_student_id(name)]
+    assert result.score_vector(ORDER) == (0,) * len(ORDER), result.feedback()
+    for grade_id in ORDER:
+        text = result.outputs[grade_id]
+        assert "TypeError" in text and SIGNATURE in text, (grade_id, text)
 
 
 def test_every_catalogued_misconception_of_the_task_has_a_mutant():

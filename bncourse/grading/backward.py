@@ -292,11 +292,14 @@ def _signature_hint(case: BatchNormCase) -> str:
     """What the check called and what it expects back, for a TypeError raised by the call."""
     shape, dtype = tuple(case.x.shape), str(case.x.dtype).removeprefix("torch.")
     return (
-        f"The check called {FUNCTION_NAME}(dout, x, gamma, eps) with four positional "
-        f"arguments: dout and x {dtype} tensors of shape {shape}, gamma a tensor of shape "
-        f"({shape[1]},) and eps={case.eps:g} a Python float. It expects the function to take "
-        "exactly these arguments in this order (beta is not needed: dbeta does not depend on "
-        "it) and to return the tuple (dx, dgamma, dbeta), of the shapes of x, gamma and gamma."
+        f"The check called {FUNCTION_NAME}(dout, x, gamma, eps) with dout and x {dtype} "
+        f"tensors of shape {shape}, gamma a tensor of shape ({shape[1]},) and eps={case.eps:g} "
+        "a Python float, and expects back the tuple (dx, dgamma, dbeta), of the shapes of x, "
+        "gamma and gamma. A TypeError comes from the call itself when the function's "
+        "parameters are not these four (beta is not passed: dbeta does not depend on it), or "
+        "from inside it when an operation gets an argument of the wrong kind (for example a "
+        "list holding a range where dim needs a tuple of ints, or None where a tensor is "
+        "needed)."
     )
 
 
