@@ -12,7 +12,7 @@ The expected gradients come from autograd through the course's forward pass
 from central finite differences of that forward pass alone. The submission must derive the
 gradients itself: while it runs, autograd is refused (building a graph, ``backward()``,
 ``torch.autograd.grad``) as well as the references the guard of :mod:`bncourse.grading.guard`
-refuses.
+refuses. ``dout``, ``x`` and ``gamma`` must hold their values after the call.
 """
 
 from __future__ import annotations

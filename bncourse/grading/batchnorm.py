@@ -11,7 +11,9 @@ Students write two functions with PyTorch's conventions:
     normalises with the running statistics and leaves them unchanged.
 
 Every check draws its inputs when it runs, on the CPU with a seeded :class:`torch.Generator`, and
-moves them to the device under test.
+moves them to the device under test. The checks of the output also require ``x``, ``gamma`` and
+``beta`` to hold their values after the call (only the running statistics change in place); the
+check of the running update reads the buffers alone, whatever the function returns.
 """
 
 from __future__ import annotations
