@@ -59,6 +59,17 @@ EXPECTED_FAILURES = {
     ("running-stats-updated-in-eval", "batchnorm_eval"): {"eval"},
     ("autograd-graph-cut", "cut"): {"gradients"},
     ("autograd-graph-cut", "detached_statistics"): {"gradients"},
+    # The n - 1 variance normalises the batch; it then enters the running variance twice
+    # ("unbiased") or, stored as it is, once ("biased", the buffers right).
+    ("normalized-with-unbiased-variance", "unbiased"): {"train", "running", "conv", "gradients"},
+    ("normalized-with-unbiased-variance", "biased"): {"train", "conv", "gradients"},
+    ("bessel-factor-batch-size", "batchnorm_train"): {"conv"},
+    ("momentum-hard-coded", "batchnorm_train"): {"running", "conv"},
+    ("gamma-beta-swapped", "batchnorm_train"): {"train", "conv", "gradients"},
+    ("gamma-beta-swapped", "batchnorm_eval"): {"eval"},
+    # The output and the gradients are right; the caller's x is not what it passed.
+    ("inputs-modified-in-place", "batchnorm_train"): {"train", "conv"},
+    ("inputs-modified-in-place", "batchnorm_eval"): {"eval"},
 }
 # Where a check names more or other than the mutant's own misconception. A student whose
 # statistics have no single value per channel cannot update (C,) buffers with them: the checks see
@@ -134,6 +145,34 @@ def test_two_mistakes_at_once_are_both_named():
     with pytest.raises(CheckFailure) as failure:
         grading.check_conv_layout(student, seed=3)
     assert _named(str(failure.value)) == {"biased-running-variance", "eps-missing"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "check", "names"),
+    [
+        (
+            {"batch_var": "unbiased", "momentum_kind": "constant"},
+            grading.check_running_update,
+            {"normalized-with-unbiased-variance", "momentum-hard-coded"},
+        ),
+        (
+            {"running_var_kind": "batch_size", "eps_kind": "missing"},
+            grading.check_conv_layout,
+            {"bessel-factor-batch-size", "eps-missing"},
+        ),
+        (
+            {"affine": "swapped", "in_place": True},
+            grading.check_batchnorm_train,
+            {"gamma-beta-swapped", "inputs-modified-in-place"},
+        ),
+    ],
+    ids=["unbiased+momentum", "bessel+eps", "swapped+in-place"],
+)
+def test_new_mistakes_are_named_in_pairs(flags, check, names):
+    for seed in SEEDS:
+        with pytest.raises(CheckFailure) as failure:
+            check(functools.partial(batchnorm_train_variant, **flags), seed=seed)
+        assert _named(str(failure.value)) == names, str(failure.value)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -273,6 +312,18 @@ def delegate_aten(x, gamma, beta, running_mean, running_var, momentum, eps):
     return out
 
 
+def delegate_aten_by_computed_name(x, gamma, beta, running_mean, running_var, momentum, eps):
+    # No forbidden name in sight: elementary ATen kernels, looked up by computed strings.
+    aten = getattr(torch.ops, "at" + "en")
+    mean = getattr(aten, "me" + "an").dim(x, [0], True)
+    var = torch._ops.ops.aten.var.correction(x, [0], correction=0, keepdim=True)
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(momentum * mean.reshape(-1))
+        n = x.shape[0]
+        running_var.mul_(1 - momentum).add_(momentum * var.reshape(-1) * n / (n - 1))
+    return (x - mean) / torch.sqrt(var + eps) * gamma + beta
+
+
 def delegate_layer_norm_trick(x, gamma, beta, running_mean, running_var, momentum, eps):
     out = F.layer_norm(x.t(), (x.shape[0],), eps=eps).t()
     return out * gamma + beta
@@ -307,6 +358,7 @@ DELEGATES = [
     delegate_torch_batch_norm,
     delegate_module,
     delegate_aten,
+    delegate_aten_by_computed_name,
     delegate_layer_norm_trick,
     delegate_course_reference,
     delegate_course_module,
@@ -341,6 +393,8 @@ def test_delegating_evaluation_fails():
         lambda x: F.group_norm(x.unsqueeze(0), 1),
         lambda x: bncourse.nn.functional.dropout(x, 0.3),
         lambda x: bncourse.nn.Dropout(0.3)(x),
+        lambda x: torch.ops.aten.mean.default(x),
+        lambda x: getattr(torch.ops.aten, "native_batch_" + "norm_backward"),
     ],
     ids=[
         "F.dropout",
@@ -350,6 +404,8 @@ def test_delegating_evaluation_fails():
         "group_norm",
         "bn.dropout",
         "bn.Dropout",
+        "aten.mean",
+        "aten-by-computed-name",
     ],
 )
 def test_guard_refuses_other_references(call):
@@ -358,7 +414,9 @@ def test_guard_refuses_other_references(call):
         forbid_reference("student_fn") as guard,
         pytest.raises(ReferenceCallError, match="student_fn called"),
     ):
-        call(x)
+        result = call(x)
+        if not isinstance(result, torch.Tensor):  # an operator looked up, now called
+            result(x, x, None, None, None, x.mean(0), x.mean(0), True, 1e-5, [True] * 3)
     assert guard.violations
 
 
@@ -489,6 +547,47 @@ def test_replaying_outputs_of_an_earlier_run_fails():
 def test_malformed_returns_get_a_clear_message(student, match):
     with pytest.raises(CheckFailure, match=match):
         grading.check_batchnorm_train(student)
+
+
+def test_an_output_of_the_wrong_dtype_costs_the_output_checks_only():
+    def float64_output(x, gamma, beta, running_mean, running_var, momentum, eps):
+        return train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps).double()
+
+    grading.check_running_update(float64_output, seed=4)  # the buffers are right
+    for check in (grading.check_batchnorm_train, grading.check_conv_layout):
+        with pytest.raises(CheckFailure, match="returned torch.float64 for a torch.float32"):
+            check(float64_output, seed=4)
+
+
+def centre_in_place(x, gamma, beta, running_mean, running_var, momentum, eps):
+    """Right output and buffers, but the caller's x is centred, as ``x -= mean`` does."""
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+    n = x.numel() // x.shape[1]
+    with torch.no_grad():
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(var * n / (n - 1), momentum)
+    x -= mean.reshape(shape)
+    return x / torch.sqrt(var.reshape(shape) + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+def scale_gamma_in_place(x, gamma, beta, running_mean, running_var, eps):
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    scale = gamma.div_(torch.sqrt(running_var + eps)).reshape(shape)  # gamma overwritten
+    return (x - running_mean.reshape(shape)) * scale + beta.reshape(shape)
+
+
+def test_changing_the_callers_tensors_in_place_is_named():
+    grading.check_running_update(centre_in_place, seed=6)
+    for check in (grading.check_batchnorm_train, grading.check_conv_layout):
+        with pytest.raises(CheckFailure) as failure:
+            check(centre_in_place, seed=6)
+        assert _named(str(failure.value)) == {"inputs-modified-in-place"}, str(failure.value)
+        assert "x, gamma and beta left unchanged differs" in str(failure.value)
+    with pytest.raises(CheckFailure) as failure:
+        grading.check_batchnorm_eval(scale_gamma_in_place, seed=6)
+    assert _named(str(failure.value)) == {"inputs-modified-in-place"}, str(failure.value)
 
 
 def test_errors_in_student_code_propagate_with_the_input_described_and_a_book_link():

@@ -60,6 +60,12 @@ EXPECTED_FAILURES = {
     },
     ("grad-conv-wrong-axes", "batch_only"): {"conv", "numeric_conv"},
     ("grad-conv-wrong-axes", "reshape"): {"conv", "numeric_conv"},
+    ("grad-eps-missing", "False"): {"params", "input", "conv", "numeric_fc", "numeric_conv"},
+    ("grad-input-without-gamma", "False"): {"input", "conv", "numeric_fc", "numeric_conv"},
+    ("grad-variance-path-sign", "variance_sign"): {"input", "conv", "numeric_fc", "numeric_conv"},
+    # The gradients are right; the caller's dout is not what it passed (the numeric checks
+    # compare the gradients alone).
+    ("inputs-modified-in-place", "True"): {"params", "input", "conv"},
 }
 
 
@@ -110,6 +116,28 @@ def test_each_catalogued_mistake_fails_exactly_its_checks_and_is_named(name, lab
         assert _named(message) == {name}, (check_name, message)
         assert CATALOGUE[name].feedback in message
         assert CATALOGUE[name].link in message
+
+
+@pytest.mark.parametrize(
+    ("flags", "names"),
+    [
+        (
+            {"eps_in_backward": False, "gamma_in_dx": False},
+            {"grad-eps-missing", "grad-input-without-gamma"},
+        ),
+        (
+            {"paths": "variance_sign", "in_place": True},
+            {"grad-variance-path-sign", "inputs-modified-in-place"},
+        ),
+    ],
+    ids=["eps+gamma", "sign+in-place"],
+)
+def test_new_mistakes_are_named_in_pairs(flags, names):
+    student = functools.partial(bw.batchnorm_backward_variant, **flags)
+    for seed in range(3):
+        with pytest.raises(CheckFailure) as failure:
+            bw.check_batchnorm_backward_input(student, seed=seed)
+        assert _named(str(failure.value)) == names, str(failure.value)
 
 
 def test_the_variant_without_flags_is_the_reference():
@@ -255,6 +283,22 @@ def with_the_course_backward(dout, x, gamma, eps):
     return bncourse.nn.backward.batch_norm_backward(dout, x, gamma, eps)
 
 
+def with_aten_backward_by_computed_name(dout, x, gamma, eps):
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dim=dims)
+    invstd = 1 / torch.sqrt(x.var(dim=dims, unbiased=False) + eps)
+    kernel = getattr(torch.ops.aten, "native_batch_" + "norm_backward")
+    return kernel(dout, x, gamma, None, None, mean, invstd, True, eps, [True, True, True])
+
+
+def with_aten_overload_of_torch_ops(dout, x, gamma, eps):
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dim=dims)
+    invstd = 1 / torch.sqrt(x.var(dim=dims, unbiased=False) + eps)
+    kernel = torch._ops.ops.aten.native_batch_norm_backward.default
+    return kernel(dout, x, gamma, None, None, mean, invstd, True, eps, [True, True, True])
+
+
 def with_autograd_and_hidden_error(dout, x, gamma, eps):
     try:
         return with_autograd_grad(dout, x, gamma, eps)
@@ -270,8 +314,21 @@ def with_autograd_and_hidden_error(dout, x, gamma, eps):
         (with_enable_grad_and_torch_batch_norm, "called torch"),
         (with_the_course_backward, "called bncourse.nn."),
         (with_autograd_and_hidden_error, "used autograd"),
+        (
+            with_aten_backward_by_computed_name,
+            "called torch.ops.aten.native_batch_norm_backward, an ATen kernel",
+        ),
+        (with_aten_overload_of_torch_ops, "called torch.ops.aten.native_batch_norm_backward"),
     ],
-    ids=["autograd.grad", "backward()", "enable_grad+F.batch_norm", "course", "hidden"],
+    ids=[
+        "autograd.grad",
+        "backward()",
+        "enable_grad+F.batch_norm",
+        "course",
+        "hidden",
+        "aten-getattr",
+        "aten-overload",
+    ],
 )
 def test_autograd_and_references_are_refused(student, match):
     for check in (bw.check_batchnorm_backward_input, bw.check_batchnorm_backward_params):
@@ -308,6 +365,17 @@ def test_autograd_works_again_after_a_check():
 def test_malformed_returns_get_a_clear_message(student, match):
     with pytest.raises(CheckFailure, match=match):
         bw.check_batchnorm_backward_input(student)
+
+
+def test_a_call_that_does_not_fit_the_signature_says_what_was_called():
+    def with_beta(dout, x, gamma, beta, eps):  # a signature of its own: beta is not passed
+        return staged_graph(dout, x, gamma, eps)
+
+    with pytest.raises(TypeError) as error:
+        bw.check_batchnorm_backward_input(with_beta, seed=2)
+    notes = "\n".join(error.value.__notes__)
+    assert "The check called batchnorm_backward(dout, x, gamma, eps) with dout and x" in notes
+    assert "expects back the tuple (dx, dgamma, dbeta)" in notes
 
 
 _FLOAT = re.compile(r"-?\d+\.\d+(?:e-?\d+)?|\d+e-?\d+")

@@ -70,6 +70,7 @@ MEAN = "mean = x.mean(dim=dims)"
 VAR = "var = x.var(dim=dims, unbiased=False)  # biased: normalize with 1/n"
 UPDATE_MEAN = "running_mean.mul_(1 - momentum).add_(momentum * mean)"
 UPDATE_VAR = "running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1))"
+N_VALUES = "n = x.numel() // x.shape[1]  # values per channel"
 NORMALIZE = "x_hat = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)"
 RETURN = "return gamma.reshape(shape) * x_hat + beta.reshape(shape)"
 EVAL_NORMALIZE = (
@@ -172,6 +173,37 @@ TRAIN_MISTAKES = {
         {TRAIN_GRADED},
         "autograd-graph-cut",
     ),
+    # torch.var's default divides by n - 1: the output shrinks, and the update, which multiplies
+    # by n / (n - 1) as the solution does, counts the correction twice.
+    "torch-var-default": mistake(
+        TRAIN_CELL,
+        train((VAR, "var = x.var(dim=dims)  # torch's default")),
+        {TRAIN_GRADED, RUNNING_GRADED, CONV_GRADED},
+        "normalized-with-unbiased-variance",
+    ),
+    # Right for (N, C) input only.
+    "bessel-with-batch-size": mistake(
+        TRAIN_CELL,
+        train((N_VALUES, "n = x.shape[0]  # the batch size")),
+        {CONV_GRADED},
+        "bessel-factor-batch-size",
+    ),
+    "momentum-hard-coded": mistake(
+        TRAIN_CELL,
+        train(
+            (UPDATE_MEAN, "running_mean.mul_(0.9).add_(0.1 * mean)"),
+            (UPDATE_VAR, "running_var.mul_(0.9).add_(0.1 * var * n / (n - 1))"),
+        ),
+        UPDATE,
+        "momentum-hard-coded",
+    ),
+    # Computed in float64 and not cast back: the output cells say so; the buffers are right.
+    "float64-output": mistake(
+        TRAIN_CELL,
+        train((RETURN, "return (gamma.reshape(shape) * x_hat + beta.reshape(shape)).double()")),
+        TRAIN_STEP,
+        says="batchnorm_forward_train returned torch.float64 for a torch.float32 input",
+    ),
     "delegates-to-torch": mistake(
         TRAIN_CELL,
         "return torch.nn.functional.batch_norm(\n"
@@ -238,6 +270,27 @@ BOTH = {
             (
                 EVAL_NORMALIZE,
                 "x_hat = (x - running_mean.reshape(shape)) / torch.sqrt(running_var.reshape(shape))",
+            )
+        ),
+    ),
+    "gamma-beta-swapped": (
+        train((RETURN, "return beta.reshape(shape) * x_hat + gamma.reshape(shape)")),
+        evaluation((EVAL_RETURN, "return beta.reshape(shape) * x_hat + gamma.reshape(shape)")),
+    ),
+    # Right outputs and buffers, but the caller's x is overwritten.
+    "inputs-modified-in-place": (
+        train(
+            (
+                NORMALIZE,
+                "x -= mean.reshape(shape)  # centred in place\n"
+                "x_hat = x / torch.sqrt(var.reshape(shape) + eps)",
+            )
+        ),
+        evaluation(
+            (
+                EVAL_NORMALIZE,
+                "x.sub_(running_mean.reshape(shape)).div_(torch.sqrt(running_var.reshape(shape) + eps))\n"
+                "x_hat = x",
             )
         ),
     ),
@@ -367,6 +420,25 @@ ALTERNATIVES = {
                 scale = gamma[c] / torch.sqrt(running_var[c] + eps)
                 outputs.append((x[:, c] - running_mean[c]) * scale + beta[c])
             return torch.stack(outputs, dim=1)
+            """,
+    },
+    # The unbiased variance first (torch.var_mean's default), rescaled to the biased one.
+    "unbiased-first-and-addcmul": {
+        TRAIN_CELL: """
+            dims = tuple(d for d in range(x.dim()) if d != 1)
+            n = x.numel() // x.shape[1]
+            unbiased, mean = torch.var_mean(x, dim=dims, keepdim=True)  # divides by n - 1
+            biased = unbiased * (n - 1) / n
+            running_mean.copy_(torch.lerp(running_mean, mean.flatten().detach(), momentum))
+            running_var.copy_(torch.lerp(running_var, unbiased.flatten().detach(), momentum))
+            view = mean.shape
+            x_hat = (x - mean) / (biased + eps).sqrt()
+            return torch.addcmul(beta.view(view), gamma.view(view), x_hat)
+            """,
+        EVAL_CELL: """
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            scale = (gamma * (running_var + eps).rsqrt()).view(view)
+            return torch.addcmul(beta.view(view), scale, x - running_mean.view(view))
             """,
     },
     "channels-first-matrix-and-lerp": {

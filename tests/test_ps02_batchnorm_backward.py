@@ -57,6 +57,8 @@ VAR = "var = x.var(dim=dims, unbiased=False, keepdim=True)  # biased, as in the 
 DBETA = "dbeta = dout.sum(dim=dims)"
 DGAMMA = "dgamma = (dout * x_hat).sum(dim=dims)"
 DX = "dx = (dx_hat - mean_path - variance_path) * inv_std"
+INV_STD = "inv_std = 1 / torch.sqrt(var + eps)"
+DX_HAT = "dx_hat = dout * gamma.reshape(shape)"
 RETURN = "return dx, dgamma, dbeta"
 
 
@@ -102,6 +104,23 @@ MUTANTS = {
         (VAR, "var = x.var(dim=dims, keepdim=True)"),
     ),
     "conv-batch-axis-only": mutant({CONV}, "grad-conv-wrong-axes", (DIMS, "dims = [0]")),
+    "eps-ignored": mutant(
+        {PARAMS, INPUT, CONV}, "grad-eps-missing", (INV_STD, "inv_std = 1 / torch.sqrt(var)")
+    ),
+    "dx-without-gamma": mutant(
+        {INPUT, CONV}, "grad-input-without-gamma", (DX_HAT, "dx_hat = dout")
+    ),
+    "variance-path-added": mutant(
+        {INPUT, CONV},
+        "grad-variance-path-sign",
+        (DX, "dx = (dx_hat - mean_path + variance_path) * inv_std"),
+    ),
+    # Right gradients, but the caller's dout is overwritten.
+    "dout-scaled-in-place": mutant(
+        {PARAMS, INPUT, CONV},
+        "inputs-modified-in-place",
+        (DX_HAT, "dx_hat = dout.mul_(gamma.reshape(shape))  # in place"),
+    ),
     "conv-reshape-without-transpose": mutant(
         {CONV},
         "grad-conv-wrong-axes",
@@ -137,7 +156,25 @@ DELEGATIONS = {
         frozenset(ORDER),
         says="batchnorm_backward called bncourse.nn.",
     ),
+    # No forbidden name in the source: the ATen kernel looked up by a computed string.
+    "aten-by-computed-name": Mistake(
+        """
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dim=dims)
+        invstd = 1 / torch.sqrt(x.var(dim=dims, unbiased=False) + eps)
+        kernel = getattr(torch.ops.aten, "native_batch_" + "norm_backward")
+        return kernel(dout, x, gamma, None, None, mean, invstd, True, eps, [True, True, True])
+        """,
+        frozenset(ORDER),
+        says="batchnorm_backward called torch.ops.aten.native_batch_norm_backward",
+    ),
 }
+
+# Code that raises a TypeError: the feedback says what the check called and what it expects.
+CRASHES = {
+    "dims-with-a-range": edited(CODE, (DIMS, "dims = (0, range(2, x.dim()))")),
+}
+SIGNATURE = "The check called batchnorm_backward(dout, x, gamma, eps) with dout and x"
 
 ALTERNATIVES = {
     # CS231n's staged graph, node by node, in the order of the forward pass.
@@ -176,6 +213,20 @@ ALTERNATIVES = {
             dx[:, c] = gamma[c].double() / (n * std) * (n * gc - gc.sum() - xhat * (gc * xhat).sum())
         return dx.to(x.dtype), dgamma.to(x.dtype), dbeta.to(x.dtype)
         """,
+    # dx from dbeta and dgamma themselves: the compact form of the three paths.
+    "compact-from-param-gradients": """
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        n = x.numel() // x.shape[1]
+        centered = x - x.mean(dim=dims, keepdim=True)
+        rstd = torch.rsqrt((centered * centered).mean(dim=dims, keepdim=True) + eps)
+        x_hat = centered * rstd
+        dbeta = dout.sum(dim=dims)
+        dgamma = (dout * x_hat).sum(dim=dims)
+        scale = gamma.reshape(shape) * rstd / n
+        dx = scale * (n * dout - dbeta.reshape(shape) - x_hat * dgamma.reshape(shape))
+        return dx, dgamma, dbeta
+        """,
 }
 
 
@@ -189,7 +240,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Graded]:
     notebooks = {"solution": submission(source), "blank": BLANK}
     for name, m in {**MUTANTS, **DELEGATIONS}.items():
         notebooks[name] = submission(source, {CELL: m.code})
-    for name, code in ALTERNATIVES.items():
+    for name, code in {**CRASHES, **ALTERNATIVES}.items():
         notebooks[name] = submission(source, {CELL: code})
     root = tmp_path_factory.mktemp(ASSIGNMENT)
     results = autograde_many(root, ASSIGNMENT, {_student_id(k): v for k, v in notebooks.items()})
@@ -239,6 +290,16 @@ def test_each_mistake_loses_exactly_its_cells_and_is_named(graded, name):
             # The feedback shows no expected value: no tensors, no long decimals.
             assert "tensor(" not in text
             assert not re.search(r"\d\.\d{4,}", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CRASHES))
+def test_a_type_error_says_what_was_called_and_expected(graded, name):
+    result = graded[_student_id(name)]
+    assert result.score_vector(ORDER) == (0,) * len(ORDER), result.feedback()
+    for grade_id in ORDER:
+        text = result.outputs[grade_id]
+        assert "TypeError" in text and SIGNATURE in text, (grade_id, text)
 
 
 def test_every_catalogued_misconception_of_the_task_has_a_mutant():

@@ -157,6 +157,9 @@ def test_honest_solutions_are_not_flagged():
         ("import torch as T\n_m = T\n_c = _m._C\nwith _c.DisableTorchFunction():\n    pass", "_C"),
         ("from torch import ops as o\ny = o.aten.native_batch_norm", "torch.ops"),
         ("import bncourse.nn as ref\ny = ref.functional.batch_norm", "reference implementations"),
+        ("k = getattr(getattr(torch, 'o' 'ps'), 'aten')", "ATen kernels or their route"),
+        ("k = getattr(A, 'native_batch_' + 'norm_backward')", "'native_batch_'"),
+        ("k = getattr(A, 'batch_' + 'norm_backward')", "'norm_backward'"),
     ],
 )
 def test_routes_around_the_checks_are_flagged(source, phrase):

@@ -12,7 +12,7 @@ The expected gradients come from autograd through the course's forward pass
 from central finite differences of that forward pass alone. The submission must derive the
 gradients itself: while it runs, autograd is refused (building a graph, ``backward()``,
 ``torch.autograd.grad``) as well as the references the guard of :mod:`bncourse.grading.guard`
-refuses.
+refuses. ``dout``, ``x`` and ``gamma`` must hold their values after the call.
 """
 
 from __future__ import annotations
@@ -223,6 +223,9 @@ def batchnorm_backward_variant(
     gamma_factor: str = "x_hat",
     paths: str = "both",
     variance: str = "biased",
+    eps_in_backward: bool = True,
+    gamma_in_dx: bool = True,
+    in_place: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The batch-norm backward pass with the student's signature and optional catalogued mistakes.
 
@@ -233,7 +236,10 @@ def batchnorm_backward_variant(
     "centered" (x - mean). ``paths``: "both" (right), "no_mean", "no_variance", "none" (the
     input gradient through x_hat alone). ``variance``: "biased" (right), "unbiased" (statistics
     recomputed with the unbiased variance), "unbiased_derivative" (d var / dx = 2 (x - mean) /
-    (n - 1)), "unbiased_consistent" (both).
+    (n - 1)), "unbiased_consistent" (both). ``paths`` "variance_sign" adds the variance path
+    instead of subtracting it. ``eps_in_backward``: False divides by sqrt(var) in the backward
+    pass. ``gamma_in_dx``: False leaves gamma out of dx (dx_hat = dout). ``in_place``: dout is
+    scaled by gamma in place (``dout *= gamma``), which changes the caller's tensor.
     """
     ndim, channels = x.dim(), x.shape[1]
     if axes == "reshape":
@@ -251,7 +257,7 @@ def batchnorm_backward_variant(
     stats_n = n - 1 if variance in ("unbiased", "unbiased_consistent") else n
     path_n = n - 1 if variance in ("unbiased_derivative", "unbiased_consistent") else n
     var = (centered**2).sum(dim=dims, keepdim=True) / stats_n
-    inv_std = 1 / torch.sqrt(var + eps)
+    inv_std = 1 / torch.sqrt(var + eps) if eps_in_backward else 1 / torch.sqrt(var)
     x_hat = centered * inv_std
 
     factor = {"x_hat": x_hat, "x": xv, "centered": centered}[gamma_factor]
@@ -265,16 +271,36 @@ def batchnorm_backward_variant(
     else:
         raise ValueError(f"params_reduce: unknown kind {params_reduce!r}")
 
-    dx_hat = gv * g
+    dx_hat = gv * g if gamma_in_dx else gv
     dx = dx_hat
-    if paths in ("both", "no_variance"):
+    if paths in ("both", "no_variance", "variance_sign"):
         dx = dx - dx_hat.sum(dim=dims, keepdim=True) / n
+    variance_path = x_hat * (dx_hat * x_hat).sum(dim=dims, keepdim=True) / path_n
     if paths in ("both", "no_mean"):
-        dx = dx - x_hat * (dx_hat * x_hat).sum(dim=dims, keepdim=True) / path_n
-    if paths not in ("both", "no_mean", "no_variance", "none"):
+        dx = dx - variance_path
+    elif paths == "variance_sign":
+        dx = dx + variance_path
+    elif paths not in ("no_variance", "none"):
         raise ValueError(f"paths: unknown kind {paths!r}")
     dx = (dx * inv_std).reshape(x.shape)
+    if in_place:
+        dout.mul_(_per_channel(gamma, ndim))
     return dx, dgamma, dbeta
+
+
+def _signature_hint(case: BatchNormCase) -> str:
+    """What the check called and what it expects back, for a TypeError raised by the call."""
+    shape, dtype = tuple(case.x.shape), str(case.x.dtype).removeprefix("torch.")
+    return (
+        f"The check called {FUNCTION_NAME}(dout, x, gamma, eps) with dout and x {dtype} "
+        f"tensors of shape {shape}, gamma a tensor of shape ({shape[1]},) and eps={case.eps:g} "
+        "a Python float, and expects back the tuple (dx, dgamma, dbeta), of the shapes of x, "
+        "gamma and gamma. A TypeError comes from the call itself when the function's "
+        "parameters are not these four (beta is not passed: dbeta does not depend on it), or "
+        "from inside it when an operation gets an argument of the wrong kind (for example a "
+        "list holding a range where dim needs a tuple of ints, or None where a tensor is "
+        "needed)."
+    )
 
 
 def _run(fn: Callable[..., Any], case: BatchNormCase) -> Result:
@@ -287,20 +313,32 @@ def _run(fn: Callable[..., Any], case: BatchNormCase) -> Result:
                 value = fn(dout, x, gamma, case.eps)
             except ReferenceCallError:
                 raise
-            except Exception:
+            except Exception as error:
                 if guard.violations:
                     raise guard.refuse(guard.violations[0]) from None
+                if isinstance(error, TypeError):
+                    error.add_note(_signature_hint(case))
                 raise
         if guard.violations:
             raise guard.refuse(guard.violations[0])
     dx, dgamma, dbeta = _gradients(value, case.x)
-    return {"grad_input": _cpu64(dx), "grad_weight": _cpu64(dgamma), "grad_bias": _cpu64(dbeta)}
+    unchanged = all(
+        torch.equal(t, getattr(case, name))
+        for t, name in ((dout, "grad_output"), (x, "x"), (gamma, "gamma"))
+    )
+    return {
+        "grad_input": _cpu64(dx),
+        "grad_weight": _cpu64(dgamma),
+        "grad_bias": _cpu64(dbeta),
+        "inputs_unchanged": unchanged,
+    }
 
 
 _LABELS = {
     "grad_input": "dx (gradient with respect to x)",
     "grad_weight": "dgamma (gradient with respect to gamma)",
     "grad_bias": "dbeta (gradient with respect to beta)",
+    "inputs_unchanged": "dout, x and gamma left unchanged",
 }
 
 
@@ -353,7 +391,7 @@ def check_batchnorm_backward_params(
         BACKWARD,
         fn,
         _cases(FC_SPECS, seed, device, dtype),
-        ["grad_weight", "grad_bias"],
+        ["grad_weight", "grad_bias", "inputs_unchanged"],
         seed=seed,
         what="the gradient with respect to gamma and beta for (N, C) input",
     )
@@ -373,7 +411,7 @@ def check_batchnorm_backward_input(
         BACKWARD,
         fn,
         _cases(FC_SPECS, seed, device, dtype),
-        ["grad_input"],
+        ["grad_input", "inputs_unchanged"],
         seed=seed,
         what="dx for (N, C) input",
     )
@@ -393,7 +431,7 @@ def check_batchnorm_backward_conv(
         BACKWARD,
         fn,
         _cases(CONV_SPECS, seed, device, dtype),
-        ["grad_input", "grad_weight", "grad_bias"],
+        ["grad_input", "grad_weight", "grad_bias", "inputs_unchanged"],
         seed=seed,
         what="the backward pass for (N, C, L) and (N, C, H, W) input",
     )

@@ -11,12 +11,15 @@ Students write two functions with PyTorch's conventions:
     normalises with the running statistics and leaves them unchanged.
 
 Every check draws its inputs when it runs, on the CPU with a seeded :class:`torch.Generator`, and
-moves them to the device under test.
+moves them to the device under test. The checks of the output also require ``x``, ``gamma`` and
+``beta`` to hold their values after the call (only the running statistics change in place); the
+check of the running update reads the buffers alone, whatever the function returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +41,7 @@ from bncourse.nn import functional as reference_functional
 __all__ = [
     "BatchNormCase",
     "EVAL",
+    "RUNNING",
     "TRAIN",
     "batchnorm_eval_variant",
     "batchnorm_train_variant",
@@ -204,7 +208,13 @@ def _conv_error_hint() -> str:
     )
 
 
-def _run_train(fn: Callable[..., Any], case: BatchNormCase) -> Result:
+def _unchanged(case: BatchNormCase, **passed: Tensor) -> bool:
+    """Whether the tensors passed to the graded function still hold the case's values."""
+    return all(torch.equal(t.detach(), getattr(case, name)) for name, t in passed.items())
+
+
+def _run_train(fn: Callable[..., Any], case: BatchNormCase, *, judge_output: bool = True) -> Result:
+    """Call ``fn`` on copies of the case; without ``judge_output`` only the buffers are read."""
     gradients = case.grad_output is not None
     x, gamma, beta = (t.clone().requires_grad_(gradients) for t in (case.x, case.gamma, case.beta))
     running_mean, running_var = case.running_mean.clone(), case.running_var.clone()
@@ -215,8 +225,11 @@ def _run_train(fn: Callable[..., Any], case: BatchNormCase) -> Result:
         if case.x.dim() > 2 and not isinstance(error, NotImplementedError):
             error.add_note(_conv_error_hint())
         raise
+    result: Result = {"running_mean": running_mean, "running_var": running_var}
+    if not judge_output:  # the running-update check: whatever is returned, the buffers count
+        return {k: _cpu64(v) for k, v in result.items()}
     out = _output(out, x, TRAIN.function_name)
-    result: Result = {"output": out, "running_mean": running_mean, "running_var": running_var}
+    result.update(output=out, inputs_unchanged=_unchanged(case, x=x, gamma=gamma, beta=beta))
     if gradients:
         grads: Sequence[Tensor | None] = (None, None, None)
         if out.requires_grad:
@@ -233,7 +246,11 @@ def _run_eval(fn: Callable[..., Any], case: BatchNormCase) -> Result:
     unchanged = torch.equal(running_mean, case.running_mean) and torch.equal(
         running_var, case.running_var
     )
-    return {"output": _cpu64(out), "buffers_unchanged": unchanged}
+    return {
+        "output": _cpu64(out),
+        "buffers_unchanged": unchanged,
+        "inputs_unchanged": _unchanged(case, x=x, gamma=gamma, beta=beta),
+    }
 
 
 def _train_reference(x, gamma, beta, running_mean, running_var, momentum, eps):
@@ -250,6 +267,22 @@ def _eval_reference(x, gamma, beta, running_mean, running_var, eps):
 
 def _per_channel(t: Tensor, ndim: int) -> Tensor:
     return t.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+def _affine(x_hat: Tensor, gamma: Tensor, beta: Tensor, affine: str) -> Tensor:
+    ndim = x_hat.dim()
+    if affine == "right":
+        return x_hat * _per_channel(gamma, ndim) + _per_channel(beta, ndim)
+    if affine == "swapped":
+        return x_hat * _per_channel(beta, ndim) + _per_channel(gamma, ndim)
+    raise ValueError(f"affine must be 'right' or 'swapped', got {affine!r}")
+
+
+def _modify_in_place(x: Tensor) -> None:
+    """What ``x -= mean`` does to the caller's tensor, done after the output is computed."""
+    dims = (0, *range(2, x.dim()))
+    with torch.no_grad():
+        x.sub_(x.mean(dim=dims, keepdim=True))
 
 
 def _normalize(centered: Tensor, var: Tensor, eps: float, eps_kind: str) -> Tensor:
@@ -271,6 +304,8 @@ def _moving_average(old: Tensor, new: Tensor, momentum: float, kind: str) -> Ten
         return new.expand_as(old)
     if kind == "no_decay":
         return old + momentum * new
+    if kind == "constant":  # the argument ignored: PyTorch's default momentum hard-coded
+        return 0.9 * old + 0.1 * new
     raise ValueError(f"momentum_kind: unknown kind {kind!r}")
 
 
@@ -289,15 +324,22 @@ def batchnorm_train_variant(
     eps_kind: str = "inside",
     update: bool = True,
     grad: str = "kept",
+    batch_var: str = "biased",
+    affine: str = "right",
+    in_place: bool = False,
 ) -> Tensor:
     """Training-mode batch norm with the student's signature and optional catalogued mistakes.
 
     With the default flags this is correct. ``axes``: "channel" (right), "batch_only" (over N
     alone), "per_sample" (over every axis but N), "spatial_only" (over H, W alone), "all",
     "reshape" ((N, C, ...) reshaped to (-1, C) without moving C last). ``running_var_kind``:
-    "unbiased" or "biased". ``momentum_kind``: "pytorch", "flipped", "replace", "no_decay".
-    ``eps_kind``: "inside", "missing", "added_to_std". ``update``: whether the buffers are updated
-    in place. ``grad``: "kept", "cut" (output detached), "detached_statistics".
+    "unbiased", "biased" or "batch_size" (n / (n - 1) with n = N, the batch size, whatever the
+    layout). ``momentum_kind``: "pytorch", "flipped", "replace", "no_decay", "constant" (0.1,
+    whatever the argument). ``eps_kind``: "inside", "missing", "added_to_std". ``update``:
+    whether the buffers are updated in place. ``grad``: "kept", "cut" (output detached),
+    "detached_statistics". ``batch_var``: "biased" (right) or "unbiased" (the batch normalised,
+    and the running variance fed, with the n - 1 variance). ``affine``: "right" or "swapped"
+    (beta scales, gamma shifts). ``in_place``: x is centred in place, as ``x -= mean`` does.
     """
     ndim, channels = x.dim(), x.shape[1]
     if axes == "reshape":
@@ -316,16 +358,23 @@ def batchnorm_train_variant(
             raise ValueError(f"axes={axes!r} reduces nothing for a {ndim}D input")
     mean = values.mean(dim=dims, keepdim=True)
     var = ((values - mean) ** 2).mean(dim=dims, keepdim=True)
+    if batch_var == "unbiased":
+        n = values.numel() // mean.numel()
+        var = var * n / (n - 1)
+    elif batch_var != "biased":
+        raise ValueError(f"batch_var must be 'biased' or 'unbiased', got {batch_var!r}")
     if grad == "detached_statistics":
         mean, var = mean.detach(), var.detach()
     out = _normalize(values - mean, var, eps, eps_kind).reshape(x.shape)
-    out = out * _per_channel(gamma, ndim) + _per_channel(beta, ndim)
+    out = _affine(out, gamma, beta, affine)
     per_channel_stats = mean.numel() == 1 or (
         mean.shape[1:2] == (channels,) and mean.numel() == channels
     )
     if update and per_channel_stats:
         n = values.numel() // mean.numel()
-        stored_var = var * n / (n - 1) if running_var_kind == "unbiased" else var
+        if running_var_kind == "batch_size":
+            n = x.shape[0]
+        stored_var = var * n / (n - 1) if running_var_kind != "biased" else var
         with torch.no_grad():
             new_mean = _moving_average(
                 running_mean, mean.reshape(-1), momentum, momentum_kind
@@ -337,6 +386,8 @@ def batchnorm_train_variant(
             running_var.copy_(new_var)
     if grad == "cut":
         out = out.detach()
+    if in_place:
+        _modify_in_place(x)
     return out
 
 
@@ -351,11 +402,14 @@ def batchnorm_eval_variant(
     stats: str = "running",
     eps_kind: str = "inside",
     update: bool = False,
+    affine: str = "right",
+    in_place: bool = False,
 ) -> Tensor:
     """Evaluation-mode batch norm with the student's signature and optional catalogued mistakes.
 
     ``stats``: "running" (right), "batch_biased", "batch_unbiased". ``update``: also update the
-    running statistics (momentum 0.1) after normalising, as a training step would.
+    running statistics (momentum 0.1) after normalising, as a training step would. ``affine``:
+    "right" or "swapped" (beta scales, gamma shifts). ``in_place``: x is centred in place.
     """
     ndim = x.dim()
     dims = (0, *range(2, ndim))
@@ -368,12 +422,13 @@ def batchnorm_eval_variant(
         raise ValueError(
             f"stats must be 'running', 'batch_biased' or 'batch_unbiased', got {stats!r}"
         )
-    out = _normalize(x - mean, var, eps, eps_kind)
-    out = out * _per_channel(gamma, ndim) + _per_channel(beta, ndim)
+    out = _affine(_normalize(x - mean, var, eps, eps_kind), gamma, beta, affine)
     if update:
         with torch.no_grad():
             running_mean.mul_(0.9).add_(0.1 * x.mean(dim=dims))
             running_var.mul_(0.9).add_(0.1 * x.var(dim=dims, unbiased=x.numel() > x.shape[1]))
+    if in_place:
+        _modify_in_place(x)
     return out
 
 
@@ -398,17 +453,25 @@ TRAIN = Task(
         "grad_input": "gradient with respect to x",
         "grad_weight": "gradient with respect to gamma",
         "grad_bias": "gradient with respect to beta",
+        "inputs_unchanged": "x, gamma and beta left unchanged",
     },
     undefined=_train_undefined,
     channel_dims={"output": 1, "grad_input": 1},
 )
+# The running-update check judges the buffers alone: an output of the wrong dtype, shape or kind
+# costs the output checks, not this one.
+RUNNING = dataclasses.replace(TRAIN, run=functools.partial(_run_train, judge_output=False))
 EVAL = Task(
     name="batchnorm_eval",
     function_name="batchnorm_forward_eval",
     run=_run_eval,
     reference=_eval_reference,
     variant=batchnorm_eval_variant,
-    labels={"output": "output", "buffers_unchanged": "running statistics left unchanged"},
+    labels={
+        "output": "output",
+        "buffers_unchanged": "running statistics left unchanged",
+        "inputs_unchanged": "x, gamma and beta left unchanged",
+    },
     channel_dims={"output": 1},
     book=("batchnorm", "bn-eval"),
 )
@@ -426,7 +489,12 @@ def check_batchnorm_train(
     seed = draw_seed() if seed is None else seed
     cases = draw_cases(TRAIN_SPECS, seed=seed, device=device, dtype=dtype)
     run_check(
-        TRAIN, fn, cases, ["output"], seed=seed, what="the training-mode output for (N, C) input"
+        TRAIN,
+        fn,
+        cases,
+        ["output", "inputs_unchanged"],
+        seed=seed,
+        what="the training-mode output for (N, C) input",
     )
 
 
@@ -442,7 +510,7 @@ def check_running_update(
     seed = draw_seed() if seed is None else seed
     cases = draw_cases(TRAIN_SPECS, seed=seed, device=device, dtype=dtype)
     run_check(
-        TRAIN,
+        RUNNING,
         fn,
         cases,
         ["running_mean", "running_var"],
@@ -466,7 +534,7 @@ def check_conv_layout(
         TRAIN,
         fn,
         cases,
-        ["output", "running_mean", "running_var"],
+        ["output", "running_mean", "running_var", "inputs_unchanged"],
         seed=seed,
         what="the training step for (N, C, L) and (N, C, H, W) input",
     )
@@ -512,7 +580,7 @@ def check_batchnorm_eval(
         EVAL,
         fn,
         cases,
-        ["output", "buffers_unchanged"],
+        ["output", "buffers_unchanged", "inputs_unchanged"],
         seed=seed,
         what="evaluation mode",
     )

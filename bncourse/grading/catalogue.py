@@ -202,6 +202,89 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={"batchnorm_train": ({"update": False},)},
     ),
     Misconception(
+        name="normalized-with-unbiased-variance",
+        title="batch normalized with the unbiased variance",
+        feedback=(
+            "Training mode normalizes with the BIASED batch variance, mean((x - mean)^2), "
+            "dividing by n, the number of values per channel: that is the variance of the "
+            "numbers actually in the batch. torch.var and Tensor.var divide by n - 1 unless you "
+            "pass unbiased=False (or correction=0), which shrinks the output by about "
+            "sqrt((n - 1) / n), far from 1 for small batches. The n - 1 belongs to the running "
+            "variance only (and applying n / (n - 1) to an already unbiased variance counts it "
+            "twice)."
+        ),
+        page="batchnorm",
+        anchor="bn-unbiased-variance",
+        mutants={
+            "batchnorm_train": (
+                # n / (n - 1) applied once more for the running variance, or not
+                {"batch_var": "unbiased"},
+                {"running_var_kind": "biased", "batch_var": "unbiased"},
+            ),
+        },
+    ),
+    Misconception(
+        name="bessel-factor-batch-size",
+        title="n / (n - 1) computed with the batch size",
+        feedback=(
+            "The running variance stores n / (n - 1) times the biased batch variance, where n is "
+            "the number of values the statistics were computed from: N for (N, C) input, N * L "
+            "for (N, C, L), N * H * W for (N, C, H, W) (x.numel() // x.shape[1]). Taking "
+            "n = x.shape[0], the batch size, is right for (N, C) input only: on images it "
+            "inflates the running variance, and a batch of one image divides by zero."
+        ),
+        page="batchnorm",
+        anchor="bn-unbiased-variance",
+        mutants={"batchnorm_train": ({"running_var_kind": "batch_size"},)},
+    ),
+    Misconception(
+        name="momentum-hard-coded",
+        title="momentum hard-coded instead of the argument",
+        feedback=(
+            "The update must use the momentum it is given: running = (1 - momentum) * running + "
+            "momentum * batch_statistic. Writing PyTorch's default 0.1 (or 0.9 for the old "
+            "value) as a number gives the right result for momentum=0.1 only; a layer built with "
+            "another momentum then averages at the wrong rate."
+        ),
+        page="batchnorm",
+        anchor="bn-momentum",
+        mutants={"batchnorm_train": ({"momentum_kind": "constant"},)},
+    ),
+    Misconception(
+        name="gamma-beta-swapped",
+        title="gamma and beta swapped",
+        feedback=(
+            "gamma (the weight, initialized to ones) SCALES the normalized input and beta (the "
+            "bias, initialized to zeros) SHIFTS it: y = gamma * x_hat + beta. Computing "
+            "beta * x_hat + gamma exchanges their roles, so a freshly initialized layer outputs "
+            "a constant 1 instead of x_hat."
+        ),
+        page="batchnorm",
+        anchor="bn-affine",
+        mutants={
+            "batchnorm_train": ({"affine": "swapped"},),
+            "batchnorm_eval": ({"affine": "swapped"},),
+        },
+    ),
+    Misconception(
+        name="inputs-modified-in-place",
+        title="the caller's tensors modified in place",
+        feedback=(
+            "A layer must leave the tensors it is given as they were: the caller still needs x "
+            "(the backward pass and the next epoch read it), and gamma, beta and dout belong to "
+            "the model and to autograd. x -= mean, x.sub_(...), dout *= gamma or x[...] = ... "
+            "overwrite them; write x = x - mean (a new tensor) instead. Only running_mean and "
+            "running_var are updated in place, in training mode."
+        ),
+        page="batchnorm",
+        anchor="bn-running-stats",
+        mutants={
+            "batchnorm_train": ({"in_place": True},),
+            "batchnorm_eval": ({"in_place": True},),
+            "batchnorm_backward": ({"in_place": True},),
+        },
+    ),
+    Misconception(
         name="eval-uses-batch-statistics",
         title="evaluation uses batch statistics",
         feedback=(
@@ -331,6 +414,47 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         page="batchnorm_backward",
         anchor="bnb-conv",
         mutants={"batchnorm_backward": ({"axes": "batch_only"}, {"axes": "reshape"})},
+    ),
+    Misconception(
+        name="grad-eps-missing",
+        title="eps left out of the backward pass",
+        feedback=(
+            "The backward pass differentiates the forward pass as it was computed, with "
+            "s = sqrt(var + eps) in x_hat and in the factor 1 / s of dx: dx = gamma / s * (dout "
+            "- mean(dout) - x_hat * mean(dout * x_hat)). Dividing by sqrt(var) instead "
+            "differentiates a layer without eps, which differs wherever a channel's variance is "
+            "not large compared with eps."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-input",
+        mutants={"batchnorm_backward": ({"eps_in_backward": False},)},
+    ),
+    Misconception(
+        name="grad-input-without-gamma",
+        title="dx without gamma",
+        feedback=(
+            "The output is y = gamma * x_hat + beta, so the gradient reaching x_hat is "
+            "dL/dx_hat = gamma * dout, per channel, before it is split into the three paths: "
+            "dx = gamma / sqrt(var + eps) * (dout - mean(dout) - x_hat * mean(dout * x_hat)). "
+            "Leaving gamma out is right only where gamma is 1."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-input",
+        mutants={"batchnorm_backward": ({"gamma_in_dx": False},)},
+    ),
+    Misconception(
+        name="grad-variance-path-sign",
+        title="sign error in the variance path of dx",
+        feedback=(
+            "dL/dvar = -gamma / (2 s^2) * sum(dout * x_hat) is negative where the loss grows "
+            "with the spread, and the variance path enters dx with a MINUS sign: dx = gamma / s "
+            "* (dout - mean(dout) - x_hat * mean(dout * x_hat)). Adding the term instead leaves "
+            "dx not orthogonal to x_hat (sum(dx * x_hat) per channel is not zero), a quick "
+            "self-check."
+        ),
+        page="batchnorm_backward",
+        anchor="bnb-input",
+        mutants={"batchnorm_backward": ({"paths": "variance_sign"},)},
     ),
     # --- ps04_variance_shift: the closed form, the probe, the recalibration, the placement ---
     Misconception(

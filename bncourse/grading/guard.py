@@ -1,8 +1,8 @@
 """A guard that stops a submission from delegating to a reference implementation.
 
-While :func:`forbid_reference` is active, calling torch's own normalization or dropout (functional,
-module or ``torch.ops.aten`` kernel) or any function of :mod:`bncourse.nn` raises
-:class:`ReferenceCallError`. The checks compute their expected values before entering the guard,
+While :func:`forbid_reference` is active, calling torch's own normalization or dropout (functional
+or module), any operator of ``torch.ops`` (an ATen kernel, by whatever name it was looked up) or
+any function of :mod:`bncourse.nn` raises :class:`ReferenceCallError`. The checks compute their expected values before entering the guard,
 so only the submission's code runs under it.
 
 The guard is a :class:`torch.overrides.TorchFunctionMode`: every torch function called while it is
@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import torch
+import torch._ops
 from torch.overrides import TorchFunctionMode
 
 import bncourse
@@ -187,6 +189,22 @@ class ReferenceCallError(AssertionError):
     """A graded function called a reference implementation instead of computing the result."""
 
 
+def _aten_route(func: Any) -> str | None:
+    """``torch.ops.<namespace>.<op>`` when ``func`` is an operator of ``torch.ops``, else None.
+
+    Whatever name or computed string reached it (``getattr(torch.ops.aten, "native_batch_" +
+    "norm_backward")``, ``torch._ops.ops.aten...``, an overload such as ``.default``), a call of
+    an operator object arrives here as that object. An elementary tensor operation a submission
+    writes arrives as its Python API (``torch.Tensor.mean``, ``torch.sqrt``): only a direct call
+    of a kernel is an operator.
+    """
+    if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        name = getattr(func, "_qualified_op_name", None) or getattr(func, "_name", None)
+        name = str(name or getattr(func, "__name__", "?")).replace("::", ".")
+        return f"torch.ops.{name}"
+    return None
+
+
 def _function_name(func: Callable[..., Any]) -> str:
     name = getattr(func, "__name__", None) or getattr(func, "_opname", None) or repr(func)
     return str(name).split(".")[0]
@@ -245,6 +263,14 @@ class _Guard(TorchFunctionMode):
 
     def _refuse(self, called: str) -> ReferenceCallError:
         self.violations.append(called)
+        if called.startswith("torch.ops."):
+            return ReferenceCallError(
+                f"{self.what} called {called}, an ATen kernel reached through torch.ops. This "
+                "exercise asks you to write the computation yourself with elementary tensor "
+                "operations (sum, mean, var, sqrt, indexing, ...); torch's internal kernels "
+                "(torch.ops.aten.*, whatever name they are looked up by) cannot be used inside "
+                "it. This part scores zero until the function computes the result itself."
+            )
         if not called.startswith(("torch", "bncourse.nn")):
             return ReferenceCallError(
                 f"{self.what} called {called}, the course's own implementation of what this "
@@ -261,6 +287,9 @@ class _Guard(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        route = _aten_route(func)
+        if route is not None:
+            raise self._refuse(route)
         if _function_name(func) in FORBIDDEN_TORCH_FUNCTIONS:
             raise self._refuse(_qualified_name(func))
         if not _NOTEBOOK_ELSEWHERE.get():  # else no notebook code runs here (see above)

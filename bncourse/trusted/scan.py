@@ -2,9 +2,9 @@
 
 The trusted verdict does not depend on it: whatever a submission does to its own kernel, its
 functions are judged by their outputs on inputs drawn in the grader. The guard that refuses
-delegation (torch's batch norm and dropout, :mod:`bncourse.nn`) runs inside the student's kernel,
-though, where code that disables torch-function handling or calls ``torch.ops.aten`` kernels can
-slip past it. Honest solutions never need the constructs below (calls of torch's layers are not
+delegation (torch's batch norm and dropout, every ``torch.ops`` kernel, :mod:`bncourse.nn`) runs
+inside the student's kernel, though, where code that disables torch-function handling can slip
+past it (and a kernel called that way is an ATen kernel again). Honest solutions never need the constructs below (calls of torch's layers are not
 among them: the network exercises use them, and the guard refuses them where they are not
 allowed), so each one is reported with the cell it is in, for the instructor to read.
 """
@@ -12,6 +12,7 @@ allowed), so each one is reported with the cell it is in, for the instructor to 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable
 
 from nbformat import NotebookNode
@@ -80,6 +81,20 @@ _NAMES = {
     "_ops": "calls ATen kernels directly (_ops)",
     "aten": "calls ATen kernels directly (aten)",
 }
+
+
+# Strings that only a lookup of an ATen kernel by computed name needs: the attribute names on the
+# way to ``torch.ops.aten`` (``getattr(torch, "ops")``) and pieces of a kernel's name
+# (``getattr(torch.ops.aten, "native_batch_" + "norm_backward")``).
+_ROUTE_STRINGS = frozenset({"ops", "_ops", "aten", "_C"})
+_KERNEL_NAME = re.compile(r"torch\.(?:_?ops|_C)\b|aten::|\bnative_\w*|\w*norm_backward\b")
+
+
+def _string_route(value: str) -> str | None:
+    """The note for a string constant that names a route to ATen kernels, else None."""
+    if value in _ROUTE_STRINGS or _KERNEL_NAME.search(value):
+        return f"names ATen kernels or their route in a string: {value!r}"
+    return None
 
 
 def _dotted(node: ast.AST, aliases: dict[str, str] | None = None) -> str | None:
@@ -157,6 +172,10 @@ def scan_source(source: str) -> list[str]:
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             if node.func.id in _CALLS:
                 note(_CALLS[node.func.id])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = _string_route(node.value)
+            if text:
+                note(text)
         elif isinstance(node, ast.Name) and node.id in ("__builtins__", "get_ipython"):
             names.append(node.id)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in aliases:
