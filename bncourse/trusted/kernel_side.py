@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from bncourse.grading.backward import forbid_autograd
 from bncourse.grading.guard import ReferenceCallError, forbid_reference
+from bncourse.trusted.frames import student_traceback
 from bncourse.trusted.wire import Decoder, Encoder, Handle, read_message, walk, write_message
 
 __all__ = ["serve"]
@@ -126,7 +126,6 @@ def _module_at(root: Any, arg_path: list, module_path: str) -> nn.Module:
 
 
 def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
-    lines = traceback.format_exception(type(error), error, error.__traceback__)
     guard_index = None
     if isinstance(error, ReferenceCallError):
         for i, guard in enumerate(guards):
@@ -143,7 +142,8 @@ def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
         "runtime": isinstance(error, RuntimeError),
         "message": str(error)[:4000],
         "notes": [str(n)[:1000] for n in getattr(error, "__notes__", [])][:10],
-        "traceback": "".join(lines)[-6000:],
+        # the student's frames only: this module's and torch's say nothing about their code
+        "traceback": student_traceback(error)[-6000:],
         "guard": guard_index,
     }
 
