@@ -108,9 +108,7 @@ class FeedbackPage(Preprocessor):
             "points": points(nb),
             "score": _number(grades.get("score")),
             "max_score": _number(grades.get("max_score")),
-            "late_penalty": _number(grades["late_penalty"])
-            if grades.get("late_penalty")
-            else "",
+            "late_penalty": _number(grades["late_penalty"]) if grades.get("late_penalty") else "",
             "mathjax": Markup(mathjax_script()),
         }
         return nb, resources

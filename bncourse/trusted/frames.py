@@ -24,7 +24,9 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @lru_cache(maxsize=1)
 def _library_roots() -> tuple[str, ...]:
     roots = {_PACKAGE, sys.prefix, sys.base_prefix, sys.exec_prefix}
-    roots |= {p for k in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(k))}
+    roots |= {
+        p for k in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(k))
+    }
     return tuple(sorted(os.path.realpath(r) for r in roots if r))
 
 
@@ -48,7 +50,9 @@ def student_traceback(error: BaseException, tb: TracebackType | None = None) -> 
         for f in traceback.extract_tb(tb if tb is not None else error.__traceback__)
         if not is_library_file(f.filename)
     ]
-    head = ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
+    head = (
+        ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
+    )
     return "".join(head + traceback.format_exception_only(type(error), error))
 
 
