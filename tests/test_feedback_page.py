@@ -106,6 +106,7 @@ def test_ipython_tracebacks_lose_library_frames():
     assert any("decoder.py" in entry for entry in entries)  # IPython shows json's frames
     assert "json/decoder.py" not in text and "json/__init__.py" not in text
     assert CELL_FILE in text and "'missing'" in kept[-1]  # the student's frame, the message
+    assert "Traceback (most recent call last)" in text and "-" * 20 not in text  # no rule
 
 
 def test_quoted_python_tracebacks_lose_library_frames():
@@ -295,7 +296,9 @@ def _open(browser, page_file: Path, width: int, screenshot: Path | None):
           raw: [...document.querySelectorAll('.rendered_html')]
                  .some(e => e.innerText.includes('\\frac')),
           wrap: getComputedStyle(document.querySelector('div.output_error pre')).whiteSpace,
+          // MathJax's assistive MathML is clipped to nothing: screen readers read it
           widest: Math.max(...[...document.querySelectorAll('body *')]
+                     .filter(e => !e.closest('mjx-assistive-mml'))
                      .map(e => e.getBoundingClientRect().right)),
         })"""
     )

@@ -58,6 +58,7 @@ def student_traceback(error: BaseException, tb: TracebackType | None = None) -> 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # IPython's frame entries: "File /path/to/file.py:12, in f(x)" (colours removed), one per entry
+_RULE = re.compile(r"\s*-{20,}\s*")
 _IPYTHON_FRAME = re.compile(r"\AFile (?P<path>.+?):\d+(?:, in |\n|\Z)")
 # Python's: '  File "/path/to/file.py", line 12, in f' then the source line(s) indented deeper
 _PYTHON_FRAME = re.compile(r'^(?P<indent> *)File "(?P<path>[^"]+)", line \d+')
@@ -89,8 +90,9 @@ def filter_text(entries: list[str]) -> list[str]:
     """
     kept = []
     for entry in entries:
-        match = _IPYTHON_FRAME.match(_ANSI.sub("", entry))
-        if match and is_library_file(match["path"]):
-            continue
+        plain = _ANSI.sub("", entry)
+        match = _IPYTHON_FRAME.match(plain)
+        if (match and is_library_file(match["path"])) or _RULE.fullmatch(plain):
+            continue  # a library's frame, or IPython's ----- rule (it wraps on a phone)
         kept.append(_drop_python_frames(entry) if "File " in entry else entry)
     return kept
