@@ -64,9 +64,11 @@ lint: install
 	ruff format --check .
 
 ## Regenerate the student notebooks in exercises/ from solutions/ with nbgrader, and the test
-## versions installed with the package for `bncourse check` (bncourse/instructor/assignments/).
+## versions installed with the package for `bncourse check` (bncourse/instructor/assignments/),
+## and the package's copy of the book's URL (bncourse/published.py, from _config.yml).
 release: install
 	python scripts/setup_cells.py
+	python scripts/book_url.py
 	@for a in $(ASSIGNMENTS); do \
 	  nbgrader generate_assignment "$$a" --force --no-db --log-level=WARN; \
 	done

@@ -25,7 +25,7 @@ from bncourse.grading import (
     train_eval,
     variance_shift,
 )
-from bncourse.grading.catalogue import Misconception
+from bncourse.grading.catalogue import Misconception, book_link
 from bncourse.grading.compare import Tolerance
 from bncourse.grading.engine import NotImplementedYet, Task, is_unfinished, run_check
 from bncourse.grading.patterns import describe_pattern
@@ -280,7 +280,8 @@ def test_checks_describe_the_relation_on_a_named_input():
 def test_every_task_links_a_section_of_the_book(task):
     page, anchor = task.section()
     assert f"({anchor})=" in (ROOT / "book" / f"{page}.md").read_text()
-    assert task.link() == f"book/{page}.html#{anchor}"
+    assert task.link() == book_link(page, anchor)
+    assert task.link().endswith(f"book/{page}.html#{anchor}")
 
 
 def test_the_closest_section_defaults_to_the_catalogue_and_can_be_given():

@@ -17,22 +17,27 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from bncourse.grading.signatures import Signature
+from bncourse.published import BOOK_URL
 
-__all__ = ["BOOK_URL_VARIABLE", "CATALOGUE", "Misconception", "book_link"]
+__all__ = ["BOOK_URL_VARIABLE", "CATALOGUE", "Misconception", "book_link", "book_url"]
 
-# Where the built book lives, e.g. https://example.org/bncourse/ (set by an instructor who
-# publishes it). Without it, links are relative to the book's root, as in _build/html/.
+# Where an instructor who publishes the book elsewhere says it lives, e.g.
+# https://example.org/bncourse/ (also c.TrustedExecute.book_url in nbgrader_config.py). Without
+# it, links go to the published book, html.baseurl of _config.yml (bncourse/published.py).
 BOOK_URL_VARIABLE = "BNCOURSE_BOOK_URL"
 
 Flags = Mapping[str, object]
 
 
+def book_url() -> str:
+    """The book's address, ending with ``/``: the instructor's if set, else the published one."""
+    base = os.environ.get(BOOK_URL_VARIABLE, "") or BOOK_URL
+    return base if base.endswith("/") else base + "/"
+
+
 def book_link(page: str, anchor: str) -> str:
-    """Link to a section of the course book: ``<base>book/<page>.html#<anchor>``."""
-    base = os.environ.get(BOOK_URL_VARIABLE, "")
-    if base and not base.endswith("/"):
-        base += "/"
-    return f"{base}book/{page}.html#{anchor}"
+    """Link to a section of the course book: ``<book URL>book/<page>.html#<anchor>``."""
+    return f"{book_url()}book/{page}.html#{anchor}"
 
 
 @dataclass(frozen=True)

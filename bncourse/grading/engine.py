@@ -94,6 +94,8 @@ def is_unfinished(error: BaseException) -> bool:
     """
     if not isinstance(error, NotImplementedError):
         return False
+    if getattr(error, "raised_in_library", False):  # set where the notebook's kernel raised it
+        return False
     where = _innermost_file(error)
     if where.startswith(_TORCH_DIR) or _TORCH_FILE.search(where):
         return False

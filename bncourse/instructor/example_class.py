@@ -84,7 +84,9 @@ def source_notebook() -> nbformat.NotebookNode:
         new_markdown_cell(
             "# Warm-up: the statistics of batch normalization\n\n"
             "Implement `mean(xs)` and the **biased** `variance(xs)` (divide by n, as batch "
-            "normalization does when it normalizes a batch)."
+            "normalization does when it normalizes a batch):\n\n"
+            "$$\\mu = \\frac{1}{n}\\sum_{i=1}^{n} x_i, \\qquad "
+            "\\sigma^2 = \\frac{1}{n}\\sum_{i=1}^{n} (x_i - \\mu)^2.$$"
         ),
         new_code_cell(
             "### BEGIN SOLUTION\n" + ANSWERS["correct"]["mean"] + "\n### END SOLUTION",
@@ -107,9 +109,14 @@ def source_notebook() -> nbformat.NotebookNode:
         new_code_cell(
             textwrap.dedent(
                 """\
+                from bncourse.grading.catalogue import book_link
+
                 v = variance([1.0, 2.0, 6.0])
                 assert abs(v - 14 / 3) < 1e-12, (
-                    f"variance([1, 2, 6]) gave {v:.4f}: divide by n (biased), not by n - 1"
+                    f"variance([1, 2, 6]) gave {v:.4f}: divide by n (biased), not by n - 1, "
+                    "because batch normalization normalizes a batch with the variance of that "
+                    "batch itself, not with an estimate of the variance of the population it was "
+                    "drawn from. Read more: " + book_link("batchnorm", "bn-unbiased-variance")
                 )"""
             ),
             metadata=_nbgrader(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-__all__ = ["AUTOGRADE_PREPROCESSORS", "FEEDBACK_PREPROCESSORS", "use_trusted_grading"]
+__all__ = [
+    "AUTOGRADE_PREPROCESSORS",
+    "FEEDBACK_PREPROCESSORS",
+    "FEEDBACK_TEMPLATES",
+    "use_trusted_grading",
+]
 
 AUTOGRADE_PREPROCESSORS = [
     "bncourse.trusted.execute.TrustedExecute",  # in place of nbgrader.preprocessors.Execute
@@ -21,11 +27,19 @@ FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
     "nbgrader.preprocessors.ClearHiddenTests",  # feedback never shows hidden tests
+    # points table, the student's own frames, MathJax inlined (bncourse.instructor.feedback)
+    "bncourse.instructor.feedback.FeedbackPage",
 ]
-"""nbgrader's own ``GenerateFeedback.preprocessors``, with hidden tests cleared."""
+"""nbgrader's own ``GenerateFeedback.preprocessors``, with hidden tests cleared, then ours."""
+
+FEEDBACK_TEMPLATES = str(Path(__file__).resolve().parents[1] / "instructor" / "templates")
+"""Holds ``feedback/``, the page template that replaces nbgrader's of the same name."""
 
 
 def use_trusted_grading(config: Any) -> None:
     """Make nbgrader's autograde and feedback in ``config`` (a traitlets Config) trusted."""
     config.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
     config.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
+    # nbgrader's API asks for the template named "feedback"; ours is found first.
+    config.HTMLExporter.extra_template_basedirs = [FEEDBACK_TEMPLATES]
+    config.HTMLExporter.filters = {"link_urls": "bncourse.instructor.feedback.link_urls"}

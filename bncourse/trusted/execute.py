@@ -40,6 +40,7 @@ from nbformat.v4 import new_code_cell, new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Unicode
 
+from bncourse.grading.catalogue import BOOK_URL_VARIABLE
 from bncourse.grading.guard import notebook_runs_elsewhere
 from bncourse.trusted.proxies import Kernel, KernelError
 from bncourse.trusted.sandbox import (
@@ -83,6 +84,21 @@ def _error_output(ename: str, evalue: str, notes: list[str] = ()) -> NotebookNod
     return new_output("error", ename=ename, evalue=evalue, traceback=lines)
 
 
+@contextlib.contextmanager
+def _book_url(url: str):
+    """Links to the book in the checks' messages point to ``url`` meanwhile (if not empty)."""
+    saved = os.environ.get(BOOK_URL_VARIABLE)
+    if url:
+        os.environ[BOOK_URL_VARIABLE] = url
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(BOOK_URL_VARIABLE, None)
+        else:
+            os.environ[BOOK_URL_VARIABLE] = saved
+
+
 def _free_names(source: str) -> set[str]:
     """Names ``source`` reads without binding them itself (what it takes from the notebook)."""
     tree = ast.parse(source)
@@ -109,6 +125,12 @@ class TrustedExecute(Execute):
     ).tag(config=True)
     report_path = Unicode(
         "", help="Append findings (JSON lines) to this file; empty: log them as warnings."
+    ).tag(config=True)
+    book_url = Unicode(
+        "",
+        help="Where the course book is published, for the links in the checks' feedback "
+        "(default: the BNCOURSE_BOOK_URL environment variable, else html.baseurl of the "
+        "course's _config.yml).",
     ).tag(config=True)
 
     def preprocess(self, nb: NotebookNode, resources: Any = None, km: Any = None):
@@ -148,7 +170,8 @@ class TrustedExecute(Execute):
             self._index = 0
             rng = torch.get_rng_state()  # a kernel's answers set it: give it back for classmates
             try:
-                return super().preprocess(nb, resources, km)
+                with _book_url(self.book_url):
+                    return super().preprocess(nb, resources, km)
             finally:
                 torch.set_rng_state(rng)
                 self._write_report()

@@ -30,6 +30,7 @@ from torch import nn
 
 from bncourse.grading.backward import forbid_autograd
 from bncourse.grading.guard import ReferenceCallError, forbid_reference
+from bncourse.trusted.frames import is_library_file, student_traceback
 from bncourse.trusted.wire import Decoder, Encoder, Handle, read_message, walk, write_message
 
 __all__ = ["serve"]
@@ -125,8 +126,12 @@ def _module_at(root: Any, arg_path: list, module_path: str) -> nn.Module:
     return value.get_submodule(module_path) if module_path else value
 
 
+def _raised_in_library(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and is_library_file(frames[-1].filename)
+
+
 def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
-    lines = traceback.format_exception(type(error), error, error.__traceback__)
     guard_index = None
     if isinstance(error, ReferenceCallError):
         for i, guard in enumerate(guards):
@@ -143,7 +148,10 @@ def _describe(error: BaseException, guards: list[Any]) -> dict[str, Any]:
         "runtime": isinstance(error, RuntimeError),
         "message": str(error)[:4000],
         "notes": [str(n)[:1000] for n in getattr(error, "__notes__", [])][:10],
-        "traceback": "".join(lines)[-6000:],
+        # the student's frames only: this module's and torch's say nothing about their code
+        "traceback": student_traceback(error)[-6000:],
+        # whether torch (or another library) raised it: the traceback above no longer shows that
+        "raised_in_library": _raised_in_library(error),
         "guard": guard_index,
     }
 
