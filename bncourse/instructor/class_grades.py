@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import nbformat
 from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import ExportPlugin
 
 NBGRADER_COLUMNS = (
@@ -93,12 +95,29 @@ class AssignmentGrades:
         return [s for s in self.students if s.submitted]
 
 
-def _parts(assignment) -> list[Part]:
+def _cell_order(source_dir: Path | None, assignment: str, notebook: str) -> list[str]:
+    """The graded cells' ids in the order of the instructor's notebook (none if it is missing)."""
+    if source_dir is None:
+        return []
+    path = Path(source_dir) / assignment / f"{notebook}.ipynb"
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError):
+        return []
+    return [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.cells]
+
+
+def _parts(assignment, source_dir: Path | None) -> list[Part]:
     several = len(assignment.notebooks) > 1
     parts = []
     for nb in assignment.notebooks:
         answers = {c.name for c in nb.solution_cells}
-        for cell in sorted(nb.grade_cells, key=lambda c: c.id):
+        order = _cell_order(source_dir, assignment.name, nb.name)
+
+        def position(cell, order=order):
+            return (order.index(cell.name) if cell.name in order else len(order), cell.name)
+
+        for cell in sorted(nb.grade_cells, key=position):
             parts.append(
                 Part(
                     notebook=nb.name,
@@ -111,10 +130,13 @@ def _parts(assignment) -> list[Part]:
     return parts
 
 
-def read_assignment(gb: Gradebook, assignment: str) -> AssignmentGrades:
-    """The grades of every student in ``gb`` for ``assignment``, part by part."""
+def read_assignment(
+    gb: Gradebook, assignment: str, source_dir: Path | None = None
+) -> AssignmentGrades:
+    """The grades of every student in ``gb`` for ``assignment``, part by part: in the order of the
+    instructor's notebooks in ``source_dir`` (the course's ``solutions/``), else by name."""
     found = gb.find_assignment(assignment)
-    parts = _parts(found)
+    parts = _parts(found, source_dir)
     column = {(p.notebook, p.cell): p.column for p in parts}
     students = []
     for student in gb.students:
@@ -155,10 +177,12 @@ def read_assignment(gb: Gradebook, assignment: str) -> AssignmentGrades:
     )
 
 
-def read_class(db_url: str, course_id: str, assignment: str) -> AssignmentGrades:
+def read_class(
+    db_url: str, course_id: str, assignment: str, source_dir: Path | None = None
+) -> AssignmentGrades:
     """:func:`read_assignment` on the gradebook at ``db_url``."""
     with Gradebook(db_url, course_id) as gb:
-        return read_assignment(gb, assignment)
+        return read_assignment(gb, assignment, source_dir)
 
 
 def _text(value) -> str:
@@ -194,10 +218,12 @@ def csv_rows(classes: list[AssignmentGrades]) -> tuple[list[str], list[dict[str,
     return columns, rows
 
 
-def write_grades_csv(gb: Gradebook, path: Path, assignments: list[str] | None = None) -> Path:
+def write_grades_csv(
+    gb: Gradebook, path: Path, source_dir: Path | None = None, assignments: list[str] | None = None
+) -> Path:
     """Write ``grades.csv`` for ``assignments`` (default: every assignment in ``gb``)."""
     names = assignments or [a.name for a in gb.assignments]
-    _write(path, *csv_rows([read_assignment(gb, name) for name in names]))
+    _write(path, *csv_rows([read_assignment(gb, name, source_dir) for name in names]))
     return Path(path)
 
 
@@ -216,7 +242,10 @@ class PartsCsvExportPlugin(ExportPlugin):
         wanted = [str(a) for a in self.assignment]
         names = [a.name for a in gradebook.assignments if not wanted or a.name in wanted]
         students = {str(s) for s in self.student}
-        columns, rows = csv_rows([read_assignment(gradebook, name) for name in names])
+        coursedir = CourseDirectory(config=self.config)
+        source = Path(coursedir.root) / coursedir.source_directory
+        grades = [read_assignment(gradebook, name, source) for name in names]
+        columns, rows = csv_rows(grades)
         if students:
             rows = [r for r in rows if r["student_id"] in students]
         self.log.info("Exporting grades, part by part, to %s", dest)

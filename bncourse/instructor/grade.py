@@ -354,7 +354,7 @@ def export_grades(course: Course, path: Path) -> Path:
     from nbgrader.api import Gradebook
 
     with Gradebook(course.db_url, course.course_id) as gb:
-        return write_grades_csv(gb, Path(path))
+        return write_grades_csv(gb, Path(path), course.source_dir)
 
 
 def summary_table(report: ClassReport) -> str:

@@ -25,7 +25,7 @@ def write_class_outputs(
     section: str = "",
 ) -> dict[str, Path]:
     """Write the class report (``report``) and each export of ``exports`` into ``folder``."""
-    grades = read_class(course.db_url, course.course_id, assignment)
+    grades = read_class(course.db_url, course.course_id, assignment, course.source_dir)
     found = misconceptions.in_class(
         course.autograded_dir, assignment, [s.student for s in grades.submitted]
     )
