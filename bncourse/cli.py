@@ -72,6 +72,7 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         help="grade only this student (repeat for several); default: every submitted student",
     )
     grade.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
+    _add_output_options(grade)
     grade.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML files")
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
     grade.add_argument(
@@ -81,6 +82,30 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         "then runs with this account's rights",
     )
     grade.set_defaults(func=_run_grade)
+
+    report = commands.add_parser(
+        "report",
+        help="write grades.csv, the class report and LMS import files from the gradebook",
+        description=(
+            "Without grading again: write grades.csv (a column per graded part), the class "
+            "report report-ASSIGNMENT.html (score distributions, misconceptions and who made "
+            "them) and, with --export, the Canvas and Moodle import files, from the gradebook "
+            "and the graded notebooks (for instance after grading written answers by hand)."
+        ),
+    )
+    report.add_argument(
+        "assignment", metavar="ASSIGNMENT", help="assignment id, e.g. ps01_batchnorm"
+    )
+    report.add_argument(
+        "--course-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
+    )
+    report.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
+    _add_output_options(report)
+    report.set_defaults(func=_run_report)
 
     check = commands.add_parser(
         "check",
@@ -107,6 +132,42 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_run_check)
 
 
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--export",
+        type=_formats,
+        default=[],
+        metavar="FORMATS",
+        help="also write the gradebook-import files of these LMS, comma-separated: canvas, "
+        "moodle (canvas-ASSIGNMENT.csv, moodle-ASSIGNMENT.csv next to grades.csv)",
+    )
+    parser.add_argument(
+        "--canvas-id",
+        default=None,
+        metavar="ID",
+        help="the Canvas assignment's id (in its URL), so that Canvas's import updates that "
+        "assignment; without it Canvas makes a new one",
+    )
+
+
+def _formats(text: str) -> list[str]:
+    from bncourse.instructor.lms_export import FORMATS
+
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+        )
+    return formats
+
+
+def _print_files(files: dict) -> None:
+    for kind, path in files.items():
+        label = "Class report" if kind == "report" else f"{kind.capitalize()} import"
+        print(f"{label}: {path}")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -130,6 +191,8 @@ def _run_grade(args: argparse.Namespace) -> int:
             only=args.student,
             allow_unsandboxed=args.allow_unsandboxed,
             scheduler=args.scheduler or args.cluster,
+            exports=args.export,
+            canvas_id=args.canvas_id,
         )
     except (OSError, RuntimeError) as exc:  # OSError: also a scheduler that cannot be reached
         print(f"error: {exc}")
@@ -138,10 +201,35 @@ def _run_grade(args: argparse.Namespace) -> int:
         print(f"Added assignment {args.assignment} to the gradebook from its source folder.")
     print(summary_table(report))
     print(f"\nGrades: {report.csv}   Logs: {report.log_dir}")
+    _print_files(report.files)
     if report.failed:
         names = ", ".join(r.student for r in report.failed)
         print(f"Could not grade: {names}")
         return 1
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from nbgrader.api import MissingEntry
+
+    from bncourse.instructor.course import Course
+    from bncourse.instructor.grade import export_grades
+    from bncourse.instructor.outputs import write_class_outputs
+
+    try:
+        course = Course.load(args.course_dir)
+        csv = export_grades(course, args.csv or course.root / "grades.csv")
+        files = write_class_outputs(
+            course, args.assignment, csv.parent, args.export, canvas_id=args.canvas_id
+        )
+    except MissingEntry:
+        print(f"error: the gradebook has no assignment {args.assignment!r}")
+        return 2
+    except (OSError, RuntimeError) as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"Grades: {csv}")
+    _print_files(files)
     return 0
 
 

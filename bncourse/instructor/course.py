@@ -15,6 +15,7 @@ from traitlets.config import Config
 
 CONFIG_FILE = "nbgrader_config.py"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+EXPORT_PLUGIN = "bncourse.instructor.class_grades.PartsCsvExportPlugin"
 
 
 def apply_grading_settings(c: Config) -> None:
@@ -36,6 +37,8 @@ def apply_grading_settings(c: Config) -> None:
     use_trusted_grading(c)
     c.Sandbox.memory_limit = 4 * 2**30  # bytes, for the kernel and everything it starts
     c.Sandbox.notebook_timeout = 1200  # wall-clock seconds for a whole notebook
+    # `nbgrader export` writes what `bncourse grade` does: a column per graded part.
+    c.ExportApp.plugin_class = EXPORT_PLUGIN
 
 
 def packaged_course(root: Path) -> Course:

@@ -19,6 +19,15 @@ ASSIGNMENT = "warmup"
 POINTS = {"test_mean": 2, "test_variance": 3}
 """Points of each autograded test cell."""
 
+WRITTEN = {"why_biased": 1}
+"""Points of the written answer (graded by hand) that ``make_course(..., written=True)`` adds."""
+
+MISCONCEPTIONS = {
+    "median-for-mean": "the median instead of the mean",
+    "unbiased-variance": "the unbiased variance (divide by n - 1)",
+}
+"""The mistakes the example's checks recognise and name, as the course's checks do."""
+
 CONFIG_TEMPLATE = '''\
 """nbgrader configuration of an example course."""
 
@@ -40,6 +49,8 @@ c.Execute.kernel_name = "python3"
 c.ExecutePreprocessor.kernel_name = "python3"
 c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
 c.OverwriteCells.add_missing_cells = True
+# `nbgrader export` writes grades.csv as `bncourse grade` does: a column per graded part.
+c.ExportApp.plugin_class = "bncourse.instructor.class_grades.PartsCsvExportPlugin"
 # Test cells run in the grader, the notebook in a sandbox; feedback without hidden tests.
 use_trusted_grading(c)
 '''
@@ -59,9 +70,25 @@ ANSWERS: dict[str, dict[str, str]] = {
             "    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)"
         ),
     },
+    "median": {
+        "mean": "def mean(xs):\n    return sorted(xs)[len(xs) // 2]",
+        "variance": (
+            "def variance(xs):\n    m = mean(xs)\n    return sum((x - m) ** 2 for x in xs) / len(xs)"
+        ),
+    },
     "blank": {},
 }
-"""Answers of three kinds of student: all correct, the unbiased-variance mistake, and blank."""
+"""Answers of four kinds of student: all correct, the unbiased-variance mistake, the median
+taken for the mean (its variance, built on that mean, is wrong too), and blank."""
+
+WRITTEN_ANSWER = "Training normalises the batch with its own statistics, which divide by n."
+"""The model written answer (the instructor version's); students' answers replace it by its
+cell's id, ``why_biased``, like the code answers."""
+
+
+def _named(name: str) -> str:
+    """The sentence a check adds when it recognises ``name``, as ``Misconception.explain`` starts."""
+    return f"Misconception: {MISCONCEPTIONS[name]} [{name}]."
 
 
 def _nbgrader(grade_id: str, *, solution: bool, grade: bool, points: int = 0) -> dict:
@@ -78,8 +105,9 @@ def _nbgrader(grade_id: str, *, solution: bool, grade: bool, points: int = 0) ->
     return {"nbgrader": meta}
 
 
-def source_notebook() -> nbformat.NotebookNode:
-    """The instructor version: solutions between markers, visible and hidden tests."""
+def source_notebook(*, written: bool = False) -> nbformat.NotebookNode:
+    """The instructor version: solutions between markers, visible and hidden tests; with
+    ``written``, a last question answered in words and graded by hand."""
     cells = [
         new_markdown_cell(
             "# Warm-up: the statistics of batch normalization\n\n"
@@ -94,8 +122,11 @@ def source_notebook() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             textwrap.dedent(
-                """\
-                assert mean([1.0, 2.0, 6.0]) == 3.0, "mean([1, 2, 6]) should be 3"
+                f"""\
+                m = mean([1.0, 2.0, 6.0])
+                assert m == 3.0, "mean([1, 2, 6]) should be 3" + (
+                    "\\n{_named("median-for-mean")}" if m == 2.0 else ""
+                )
                 ### BEGIN HIDDEN TESTS
                 assert mean([-4.0, 4.0]) == 0.0
                 ### END HIDDEN TESTS"""
@@ -108,15 +139,16 @@ def source_notebook() -> nbformat.NotebookNode:
         ),
         new_code_cell(
             textwrap.dedent(
-                """\
+                f"""\
                 from bncourse.grading.catalogue import book_link
 
                 v = variance([1.0, 2.0, 6.0])
                 assert abs(v - 14 / 3) < 1e-12, (
-                    f"variance([1, 2, 6]) gave {v:.4f}: divide by n (biased), not by n - 1, "
+                    f"variance([1, 2, 6]) gave {{v:.4f}}: divide by n (biased), not by n - 1, "
                     "because batch normalization normalizes a batch with the variance of that "
                     "batch itself, not with an estimate of the variance of the population it was "
                     "drawn from. Read more: " + book_link("batchnorm", "bn-unbiased-variance")
+                    + ("\\n{_named("unbiased-variance")}" if abs(v - 7) < 1e-12 else "")
                 )"""
             ),
             metadata=_nbgrader(
@@ -124,6 +156,18 @@ def source_notebook() -> nbformat.NotebookNode:
             ),
         ),
     ]
+    if written:
+        cells += [
+            new_markdown_cell(
+                "In words: why does batch normalization divide by n, not by n - 1, while training?"
+            ),
+            new_markdown_cell(
+                WRITTEN_ANSWER,
+                metadata=_nbgrader(
+                    "why_biased", solution=True, grade=True, points=WRITTEN["why_biased"]
+                ),
+            ),
+        ]
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -143,13 +187,16 @@ def write_config(root: Path, *, timeout: int = 30, db_url: str | None = None) ->
     return path
 
 
-def make_course(root: Path, *, timeout: int = 30, db_url: str | None = None) -> Path:
-    """Create the example course in ``root``: configuration and instructor notebook."""
+def make_course(
+    root: Path, *, timeout: int = 30, db_url: str | None = None, written: bool = False
+) -> Path:
+    """Create the example course in ``root``: configuration and instructor notebook (with
+    ``written``, one more question graded by hand)."""
     root = Path(root)
     source = root / "solutions" / ASSIGNMENT
     source.mkdir(parents=True, exist_ok=True)
     write_config(root, timeout=timeout, db_url=db_url)
-    nbformat.write(source_notebook(), source / f"{ASSIGNMENT}.ipynb")
+    nbformat.write(source_notebook(written=written), source / f"{ASSIGNMENT}.ipynb")
     return root
 
 

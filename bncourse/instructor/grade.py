@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bncourse.instructor import cluster, worker
+from bncourse.instructor.class_grades import write_grades_csv
 from bncourse.instructor.cluster import ClusterRun
 from bncourse.instructor.course import Course
 from bncourse.instructor.gradebook_io import (
@@ -33,6 +34,7 @@ from bncourse.instructor.gradebook_io import (
     snapshot_sqlite,
     write_submission,
 )
+from bncourse.instructor.outputs import write_class_outputs
 
 LOG_DIR = Path(".bncourse") / "logs"
 """Per-student grading logs, relative to the course folder."""
@@ -51,6 +53,8 @@ class ClassReport:
     """Why grading ran without a sandbox (allowed explicitly), or None when it was sandboxed."""
     cluster: ClusterRun | None = None
     """The Dask cluster that graded the class, or None for the local process pool."""
+    files: dict[str, Path] = field(default_factory=dict)
+    """The class report (``report``) and the LMS import files (``canvas``, ``moodle``) written."""
 
     @property
     def failed(self) -> list[worker.GradeResult]:
@@ -181,9 +185,12 @@ def grade_class(
     only: list[str] | None = None,
     allow_unsandboxed: bool = False,
     scheduler: str | None = None,
+    exports: list[str] = (),
+    canvas_id: str | None = None,
 ) -> ClassReport:
     """Autograde every submitted student of ``assignment`` (or those in ``only``); merge, give
-    feedback, export grades.
+    feedback, export grades, write the class report and the LMS import files of ``exports``
+    (``canvas``, ``moodle``; ``canvas_id``: the Canvas assignment's id) next to the grades.
 
     ``scheduler``: the address of a Dask scheduler to grade on, or ``"local"`` for a
     ``LocalCluster`` of ``workers`` processes; None grades in a local process pool.
@@ -254,6 +261,9 @@ def grade_class(
     if remote and bare:
         report.unsandboxed = f"the workers {', '.join(bare)} could start no sandbox"
     report.csv = export_grades(course, csv or course.root / "grades.csv")
+    report.files = write_class_outputs(
+        course, assignment, report.csv.parent, exports, canvas_id=canvas_id
+    )
     return report
 
 
@@ -340,15 +350,11 @@ def _grade_on_cluster(
 
 
 def export_grades(course: Course, path: Path) -> Path:
-    """Write the gradebook to CSV with nbgrader's exporter (what ``nbgrader export`` writes)."""
+    """Write the gradebook to ``grades.csv``, a column per graded part (see ``class_grades``)."""
     from nbgrader.api import Gradebook
-    from nbgrader.plugins import CsvExportPlugin
 
-    plugin = CsvExportPlugin(config=course.config)
-    plugin.to = str(path)
     with Gradebook(course.db_url, course.course_id) as gb:
-        plugin.export(gb)
-    return Path(path)
+        return write_grades_csv(gb, Path(path), course.source_dir)
 
 
 def summary_table(report: ClassReport) -> str:
