@@ -41,8 +41,9 @@ def _forward_student(flags):
 
 def _backward_student(flags):
     """A forward and a backward function that together make the pipeline mutant's mistakes."""
-    forward_flags = {k: v for k, v in flags.items() if k not in ("backward_mask", "backward_scale")}
+    forward_flags = {k: v for k, v in flags.items() if not k.startswith("backward_")}
     mask, scale = flags.get("backward_mask", "forward"), flags.get("backward_scale", "inverted")
+    inplace = flags.get("backward_inplace", False)
 
     def forward(x, p, training, generator=None):
         out, cache = do.dropout_variant(x, p, training, generator, **forward_flags)
@@ -57,7 +58,7 @@ def _backward_student(flags):
         elif mask == "none":
             keep = torch.ones_like(dout)
         factor = {"inverted": 1 / (1 - p), "none": 1.0, "inverse_p": 1 / p}[scale]
-        return dout * keep * factor
+        return dout.mul_(keep * factor) if inplace else dout * keep * factor
 
     return forward, backward
 
@@ -106,6 +107,25 @@ EXPECTED_FAILURES = {
     ("gaussian-std-as-variance", "gaussian_dropout", "variance"): {"gaussian"},
     ("uout-wrong-interval", "uout", "zero_to_beta"): {"uout"},
     ("uout-wrong-interval", "uout", "half_width"): {"uout"},
+    ("gaussian-std-p", "gaussian_dropout", "p"): {"gaussian"},
+    ("gaussian-noise-mean-zero", "gaussian_dropout", "zero"): {"gaussian"},
+    ("gaussian-additive-noise", "gaussian_dropout", "add"): {"gaussian"},
+    ("gaussian-additive-noise", "gaussian_dropout", "add+zero"): {"gaussian"},
+    ("uout-additive-noise", "uout", "add"): {"uout"},
+    ("dropout-mask-shared", "dropout_forward", "shared"): {"train"},
+    **{
+        ("dropout-generator-ignored", task, source): {check}
+        for task, check in (
+            ("dropout_forward", "train"),
+            ("gaussian_dropout", "gaussian"),
+            ("uout", "uout"),
+        )
+        for source in ("global", "reseeded_global", "fixed_seed")
+    },
+    ("dropout-input-modified-in-place", "dropout_forward", "True"): {"train"},
+    ("dropout-input-modified-in-place", "dropout_backward", "True"): {"backward"},
+    ("dropout-input-modified-in-place", "gaussian_dropout", "True"): {"gaussian"},
+    ("dropout-input-modified-in-place", "uout", "True"): {"uout"},
 }
 
 
@@ -289,12 +309,16 @@ def test_a_seed_fixes_the_inputs_and_the_generator():
 def test_an_output_that_ignores_the_input_fails():
     recorded = {}
     for case in do.draw_cases(do.TRAIN_SPECS, training=True, seed=7, device="cpu"):
-        recorded[tuple(case.x.shape)] = forward_where_bernoulli(
-            case.x, case.rate, True, case.generator()
-        )
+        for offset in (0, 1):  # the generator's seed, and the other seed the check tries
+            generator = case.generator(offset)
+            recorded.setdefault(tuple(case.x.shape), {})[generator.initial_seed()] = (
+                forward_where_bernoulli(case.x, case.rate, True, generator)
+            )
 
     def replay(x, p, training, generator=None):
-        return recorded[tuple(x.shape)]
+        by_seed = recorded[tuple(x.shape)]
+        out, cache = by_seed.get(generator.initial_seed(), next(iter(by_seed.values())))
+        return out.clone(), cache
 
     _quietly(do.check_dropout_train, replay, seed=7)  # the same inputs: replay "works"
     with pytest.raises(CheckFailure, match="No catalogued misconception matches"):
