@@ -597,10 +597,7 @@ def test_a_function_must_draw_from_the_generator_it_is_given(check, student):
         check(student, seed=4)
     message = str(failure.value)
     assert _named(message) == {"dropout-generator-ignored"}, message
-    assert (
-        "(use of the generator (same state, same output; global generator untouched) differs)"
-        in message
-    )
+    assert "(use of the generator differs)" in message
     # The check leaves the global generator as it found it, even for these students.
     assert torch.equal(torch.get_rng_state(), state)
 

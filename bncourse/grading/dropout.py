@@ -353,7 +353,7 @@ def _unchanged(passed: Tensor, original: Tensor) -> str:
 
 
 _CALL_LABELS = {
-    "randomness": "use of the generator (same state, same output; global generator untouched)",
+    "randomness": "use of the generator",
     "input": "the caller's x after the call",
 }
 
