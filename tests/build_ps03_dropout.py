@@ -50,20 +50,24 @@ yourself, with PyTorch's convention: **`p` is the probability of dropping a unit
 **Randomness.** Every function takes a `generator` argument: draw all random numbers from it, on
 the input's device, for example `torch.rand(x.shape, generator=generator, device=x.device)`.
 The checks pass a `torch.Generator` seeded when they run, so your results are reproducible for a
-given seed but cannot be known in advance.
+given seed but cannot be known in advance. They call each function twice with generators in the
+same state and expect the same output, and they check that the global random generator (the one
+`torch.manual_seed` sets) is left alone.
 
 **How you are graded.** Each graded cell calls a check from `bncourse.grading`. Since dropout is
 random, the check does not compare your outputs with fixed numbers: it draws large random inputs
-(about 20,000 values each) and tests *properties* of your outputs, within bounds derived from the
-sampling distribution: the fraction of units zeroed, the factor applied to the kept units, the
-mean and variance of the noise, where the gradient flows. When something is wrong it names the
-misconception behind it and points to the section of the course book that explains it. The
-grader runs the same checks once more in float64.
+(about 20,000 values each, small and large, some of them zero) and tests *properties* of your
+outputs, within bounds derived from the sampling distribution: the fraction of units zeroed, the
+factor applied to the kept units, whether every sample has a mask of its own, the mean and
+variance of the noise and whether it scales with the input, where the gradient flows. When
+something is wrong it names the misconception behind it and points to the section of the course
+book that explains it. The grader runs the same checks once more in float64.
 
 **Rules.** Use elementary tensor operations and random draws (`torch.rand`, `torch.randn`,
 `torch.bernoulli`, `Tensor.uniform_`, ...). `torch.nn.functional.dropout`, `torch.nn.Dropout`
 and the course's `bncourse.nn` are refused inside your functions, and so is autograd inside
-`dropout_backward`; that part then scores zero.
+`dropout_backward`; that part then scores zero. Return new tensors: your functions must leave
+`x` and `dout` as they were, not change them in place.
 Everything runs on the CPU; a CUDA GPU is used when there is one.
 """
 

@@ -39,6 +39,8 @@ CHAPTERS = {
     "dropout": {
         "labels": [
             "do-mask",
+            "do-generator",
+            "do-out-of-place",
             "do-inverted",
             "do-ensemble",
             "do-eval",

@@ -41,8 +41,9 @@ def _forward_student(flags):
 
 def _backward_student(flags):
     """A forward and a backward function that together make the pipeline mutant's mistakes."""
-    forward_flags = {k: v for k, v in flags.items() if k not in ("backward_mask", "backward_scale")}
+    forward_flags = {k: v for k, v in flags.items() if not k.startswith("backward_")}
     mask, scale = flags.get("backward_mask", "forward"), flags.get("backward_scale", "inverted")
+    inplace = flags.get("backward_inplace", False)
 
     def forward(x, p, training, generator=None):
         out, cache = do.dropout_variant(x, p, training, generator, **forward_flags)
@@ -57,7 +58,7 @@ def _backward_student(flags):
         elif mask == "none":
             keep = torch.ones_like(dout)
         factor = {"inverted": 1 / (1 - p), "none": 1.0, "inverse_p": 1 / p}[scale]
-        return dout * keep * factor
+        return dout.mul_(keep * factor) if inplace else dout * keep * factor
 
     return forward, backward
 
@@ -106,6 +107,25 @@ EXPECTED_FAILURES = {
     ("gaussian-std-as-variance", "gaussian_dropout", "variance"): {"gaussian"},
     ("uout-wrong-interval", "uout", "zero_to_beta"): {"uout"},
     ("uout-wrong-interval", "uout", "half_width"): {"uout"},
+    ("gaussian-std-p", "gaussian_dropout", "p"): {"gaussian"},
+    ("gaussian-noise-mean-zero", "gaussian_dropout", "zero"): {"gaussian"},
+    ("gaussian-additive-noise", "gaussian_dropout", "add"): {"gaussian"},
+    ("gaussian-additive-noise", "gaussian_dropout", "add+zero"): {"gaussian"},
+    ("uout-additive-noise", "uout", "add"): {"uout"},
+    ("dropout-mask-shared", "dropout_forward", "shared"): {"train"},
+    **{
+        ("dropout-generator-ignored", task, source): {check}
+        for task, check in (
+            ("dropout_forward", "train"),
+            ("gaussian_dropout", "gaussian"),
+            ("uout", "uout"),
+        )
+        for source in ("global", "reseeded_global", "fixed_seed")
+    },
+    ("dropout-input-modified-in-place", "dropout_forward", "True"): {"train"},
+    ("dropout-input-modified-in-place", "dropout_backward", "True"): {"backward"},
+    ("dropout-input-modified-in-place", "gaussian_dropout", "True"): {"gaussian"},
+    ("dropout-input-modified-in-place", "uout", "True"): {"uout"},
 }
 
 
@@ -289,12 +309,16 @@ def test_a_seed_fixes_the_inputs_and_the_generator():
 def test_an_output_that_ignores_the_input_fails():
     recorded = {}
     for case in do.draw_cases(do.TRAIN_SPECS, training=True, seed=7, device="cpu"):
-        recorded[tuple(case.x.shape)] = forward_where_bernoulli(
-            case.x, case.rate, True, case.generator()
-        )
+        for offset in (0, 1):  # the generator's seed, and the other seed the check tries
+            generator = case.generator(offset)
+            recorded.setdefault(tuple(case.x.shape), {})[generator.initial_seed()] = (
+                forward_where_bernoulli(case.x, case.rate, True, generator)
+            )
 
     def replay(x, p, training, generator=None):
-        return recorded[tuple(x.shape)]
+        by_seed = recorded[tuple(x.shape)]
+        out, cache = by_seed.get(generator.initial_seed(), next(iter(by_seed.values())))
+        return out.clone(), cache
 
     _quietly(do.check_dropout_train, replay, seed=7)  # the same inputs: replay "works"
     with pytest.raises(CheckFailure, match="No catalogued misconception matches"):
@@ -441,3 +465,352 @@ def test_autograd_in_the_backward_pass_is_refused():
     with pytest.raises(CheckFailure, match="dropout_backward used autograd") as failure:
         do.check_dropout_backward(forward, backward)
     assert "scores zero" in str(failure.value)
+
+
+# --- inputs that separate multiplicative from added noise ---------------------------------------
+
+
+def _std(p):
+    return math.sqrt(p / (1 - p))
+
+
+def _randn(x, generator):
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _rand(x, generator):
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def gaussian_plus_deviation(x, p, training, generator=None):
+    """x + std * z: the same mean and variance of out / x as x * (1 + std * z) when E[1/x^2] = 1."""
+    return x + _std(p) * _randn(x, generator) if training else x
+
+
+def gaussian_plus_noise(x, p, training, generator=None):
+    return x + (1 + _std(p) * _randn(x, generator)) if training else x
+
+
+def gaussian_plus_deviation_sparing_zeros(x, p, training, generator=None):
+    if not training:
+        return x
+    return torch.where(x == 0, x, x + _std(p) * _randn(x, generator))
+
+
+def uout_plus_r(x, beta, training, generator=None):
+    return x + beta * (2 * _rand(x, generator) - 1) if training else x
+
+
+def uout_plus_r_sparing_zeros(x, beta, training, generator=None):
+    if not training:
+        return x
+    return torch.where(x == 0, x, x + beta * (2 * _rand(x, generator) - 1))
+
+
+@pytest.mark.parametrize(
+    ("check", "student", "name"),
+    [
+        (do.check_gaussian_dropout, gaussian_plus_deviation, "gaussian-additive-noise"),
+        (do.check_gaussian_dropout, gaussian_plus_noise, "gaussian-additive-noise"),
+        (
+            do.check_gaussian_dropout,
+            gaussian_plus_deviation_sparing_zeros,
+            "gaussian-additive-noise",
+        ),
+        (do.check_uout, uout_plus_r, "uout-additive-noise"),
+        (do.check_uout, uout_plus_r_sparing_zeros, "uout-additive-noise"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v) if callable(v) else str(v),
+)
+def test_noise_added_to_x_is_caught_and_named(check, student, name):
+    """Zeros in the input stay zero only under multiplicative noise; the spread of out / x is the
+    same for small and large |x| only under multiplicative noise: either alone names it."""
+    for seed in (0, 1):
+        with pytest.raises(CheckFailure) as failure:
+            check(student, seed=seed)
+        message = str(failure.value)
+        assert _named(message) == {name}, message
+        assert "for |x| < 1 and for |x| >= 1" in message
+
+
+def test_noise_inputs_span_magnitudes_signs_and_zeros():
+    for case in do.draw_cases(do.GAUSSIAN_SPECS, training=True, seed=3, device="cpu", zeros=True):
+        x, n = case.x.double(), case.x.numel()
+        q = do.ZERO_FRACTION
+        assert abs(float((x == 0).double().mean()) - q) <= do.Z * math.sqrt(q * (1 - q) / n)
+        magnitude = x[x != 0].abs()
+        low, high = 1 / do.MAGNITUDE_SPREAD, do.MAGNITUDE_SPREAD
+        assert low * (1 - 1e-6) <= float(magnitude.min()) and float(magnitude.max()) <= high
+        for part in (magnitude < 1, x[x != 0] > 0):  # log-uniform: half below 1; half positive
+            m = magnitude.numel()
+            assert abs(float(part.double().mean()) - 0.5) <= do.Z * math.sqrt(0.25 / m)
+
+
+# --- the generator given, and the global one left alone -----------------------------------------
+
+
+def forward_global(x, p, training, generator=None):
+    if not training:
+        return x, None
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return x * keep / (1 - p), (keep, p)
+
+
+def forward_reseeds_global(x, p, training, generator=None):
+    if not training:
+        return x, None
+    torch.manual_seed(generator.initial_seed())
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return x * keep / (1 - p), (keep, p)
+
+
+def forward_own_generator(x, p, training, generator=None):
+    if not training:
+        return x, None
+    own = torch.Generator(device=x.device).manual_seed(1234)
+    keep = torch.rand(x.shape, generator=own, device=x.device) >= p
+    return x * keep / (1 - p), (keep, p)
+
+
+def gaussian_global(x, p, training, generator=None):
+    return x * (1 + _std(p) * torch.randn_like(x)) if training else x
+
+
+def uout_global(x, beta, training, generator=None):
+    return x * (1 + beta * (2 * torch.rand_like(x) - 1)) if training else x
+
+
+@pytest.mark.parametrize(
+    ("check", "student"),
+    [
+        (do.check_dropout_train, forward_global),
+        (do.check_dropout_train, forward_reseeds_global),
+        (do.check_dropout_train, forward_own_generator),
+        (do.check_gaussian_dropout, gaussian_global),
+        (do.check_uout, uout_global),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_a_function_must_draw_from_the_generator_it_is_given(check, student):
+    state = torch.get_rng_state()
+    with pytest.raises(CheckFailure) as failure:
+        check(student, seed=4)
+    message = str(failure.value)
+    assert _named(message) == {"dropout-generator-ignored"}, message
+    assert "(use of the generator differs)" in message
+    # The check leaves the global generator as it found it, even for these students.
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(
+    ("student", "seen"),
+    [
+        (forward_where_bernoulli, do.SEEDED),
+        (forward_global, "differs between two generators in the same state"),
+        (forward_reseeds_global, "changes the state of the global random generator"),
+        (forward_own_generator, do.FIXED),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_what_a_function_does_with_the_generator_is_seen(student, seen):
+    train = do.draw_cases(do.TRAIN_SPECS, training=True, seed=4, device="cpu")
+    evaluation = do.draw_cases(do.EVAL_SPECS, training=False, seed=4, device="cpu")
+    assert {do.FORWARD.run(student, case)["randomness"] for case in train} == {seen}
+    assert {do.FORWARD.run(student, case)["randomness"] for case in evaluation} == {do.FIXED}
+
+
+def forward_bernoulli_full(x, p, training, generator=None):
+    if not training:
+        return x, None
+    keep = torch.bernoulli(torch.full_like(x, 1 - p), generator=generator)
+    return x * keep / (1 - p), (keep, p)
+
+
+def forward_rand_below_keep(x, p, training, generator=None):
+    if not training:
+        return x, None
+    keep = torch.rand(x.shape, generator=generator, device=x.device) < 1 - p
+    return torch.where(keep, x / (1 - p), 0.0), (keep, p)
+
+
+def gaussian_randn_times_std_plus_one(x, p, training, generator=None):
+    return x * (_randn(x, generator) * _std(p) + 1) if training else x
+
+
+def gaussian_torch_normal(x, p, training, generator=None):
+    if not training:
+        return x
+    noise = torch.normal(1.0, _std(p), x.shape, generator=generator, device=x.device)
+    return x * noise.to(x.dtype)
+
+
+def uout_uniform_around_one(x, beta, training, generator=None):
+    if not training:
+        return x
+    return x * torch.empty_like(x).uniform_(1 - beta, 1 + beta, generator=generator)
+
+
+@pytest.mark.parametrize(
+    ("check", "student"),
+    [
+        (do.check_dropout_train, forward_bernoulli_full),
+        (do.check_dropout_train, forward_rand_below_keep),
+        (do.check_gaussian_dropout, gaussian_randn_times_std_plus_one),
+        (do.check_gaussian_dropout, gaussian_torch_normal),
+        (do.check_uout, uout_uniform_around_one),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_other_ways_of_drawing_from_the_generator_pass(check, student):
+    state = torch.get_rng_state()
+    for seed in (0, 1, None):
+        _quietly(check, student, seed=seed)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# --- the caller's tensors left alone -------------------------------------------------------------
+
+
+def forward_zeroes_x_in_place(x, p, training, generator=None):
+    if not training:
+        return x, None
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    x[~keep] = 0
+    x /= 1 - p
+    return x, (keep, p)
+
+
+def backward_scales_dout_in_place(dout, cache):
+    if cache is None:
+        return dout
+    keep, p = cache
+    dout *= keep / (1 - p)
+    return dout
+
+
+def gaussian_in_place(x, p, training, generator=None):
+    return x.mul_(1 + _std(p) * _randn(x, generator)) if training else x
+
+
+def uout_in_place(x, beta, training, generator=None):
+    if not training:
+        return x
+    x += x * beta * (2 * _rand(x, generator) - 1)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("check", "student"),
+    [
+        (do.check_dropout_train, forward_zeroes_x_in_place),
+        (do.check_dropout_backward, (forward_rand_below_keep, backward_scales_dout_in_place)),
+        (do.check_gaussian_dropout, gaussian_in_place),
+        (do.check_uout, uout_in_place),
+    ],
+    ids=["forward", "backward", "gaussian", "uout"],
+)
+def test_changing_the_callers_tensors_in_place_is_named(check, student):
+    args = student if isinstance(student, tuple) else (student,)
+    with pytest.raises(CheckFailure) as failure:
+        check(*args, seed=2)
+    message = str(failure.value)
+    assert _named(message) == {"dropout-input-modified-in-place"}, message
+    assert "after the call" in message or "after dropout_backward" in message
+
+
+def forward_in_place_on_a_copy(x, p, training, generator=None):
+    if not training:
+        return x, None
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    out = x.clone()
+    out[~keep] = 0
+    out /= 1 - p
+    return out, (keep, p)
+
+
+def backward_in_place_on_a_copy(dout, cache):
+    if cache is None:
+        return dout
+    keep, p = cache
+    return dout.clone().mul_(keep / (1 - p))
+
+
+def uout_addcmul(x, beta, training, generator=None):
+    if not training:
+        return x
+    return torch.addcmul(x, x, beta * (2 * _rand(x, generator) - 1))
+
+
+def test_in_place_operations_on_copies_pass():
+    for seed in (0, 1, None):
+        _quietly(do.check_dropout_train, forward_in_place_on_a_copy, seed=seed)
+        _quietly(
+            do.check_dropout_backward,
+            forward_in_place_on_a_copy,
+            backward_in_place_on_a_copy,
+            seed=seed,
+        )
+        _quietly(do.check_uout, uout_addcmul, seed=seed)
+
+
+# --- a mask shared by the batch, a backward pass that fails in evaluation mode --------------------
+
+
+def forward_sample_mask(x, p, training, generator=None):
+    if not training:
+        return x, None
+    keep = torch.rand(x.shape[1:], generator=generator, device=x.device) >= p
+    return x * keep / (1 - p), (keep, p)
+
+
+def forward_expanded_mask(x, p, training, generator=None):
+    if not training:
+        return x, None
+    one = torch.rand((1, *x.shape[1:]), generator=generator, device=x.device) >= p
+    keep = one.expand_as(x)
+    return x * keep / (1 - p), (keep, p)
+
+
+@pytest.mark.parametrize("forward", [forward_sample_mask, forward_expanded_mask])
+def test_a_mask_shared_by_the_batch_is_named_as_such(forward):
+    for seed in (0, 1, 2):
+        with pytest.raises(CheckFailure) as failure:
+            do.check_dropout_train(forward, seed=seed)
+        message = str(failure.value)
+        assert _named(message) == {"dropout-mask-shared"}, message
+        assert "masks of the samples of a batch differs" in message
+        assert "fraction of units zeroed" not in message
+        # Its gradient flows exactly through the units it kept: the backward check passes.
+        _quietly(do.check_dropout_backward, forward, backward_where_pair, seed=seed)
+
+
+def backward_where_pair(dout, cache):
+    if cache is None:
+        return dout
+    keep, p = cache
+    return torch.where(keep, dout / (1 - p), 0.0)
+
+
+def backward_without_evaluation_branch(dout, cache):
+    keep, p = cache
+    return dout * keep / (1 - p)
+
+
+def test_a_backward_that_fails_in_evaluation_mode_is_told_what_is_expected():
+    with pytest.raises(CheckFailure) as failure:
+        do.check_dropout_backward(forward_rand_below_keep, backward_without_evaluation_branch)
+    message = str(failure.value)
+    assert message.startswith("dropout_backward raised TypeError (")
+    assert "in evaluation mode, on the cache that dropout_forward returned there (None)" in message
+    assert "return dout unchanged" in message
+    assert "Read more: book/dropout.html#do-backward" in message
+
+
+def test_an_unfinished_backward_is_not_reworded():
+    def unfinished(dout, cache):
+        if cache is None:
+            raise NotImplementedError
+        return backward_where_pair(dout, cache)
+
+    with pytest.raises(NotImplementedError):
+        do.check_dropout_backward(forward_rand_below_keep, unfinished)

@@ -78,6 +78,13 @@ UNPACK = "keep, p = cache"
 NOISE_EVAL_BRANCH = "if not training:\n    return x\n"
 STD = "std = math.sqrt(p / (1 - p))"
 R = "r = beta * (2 * u - 1)  # uniform on [-beta, beta)"
+RAND = "torch.rand(x.shape, generator=generator, device=x.device)"
+BACKWARD_EVAL_BRANCH = (
+    "if cache is None:  # evaluation mode: the forward pass was the identity\n    return dout\n"
+)
+NOISE = "noise = 1 + std *"
+MULTIPLY = "return x * noise"
+UOUT_RETURN = "return x + x * r"
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,11 @@ class Submission:
     code: dict[str, str]
     named: dict[str, str] = field(default_factory=dict)  # lost cell -> misconception named
     says: dict[str, str] = field(default_factory=dict)  # lost cell -> text of a guard message
+    tells: dict[str, str] = field(default_factory=dict)  # lost cell -> text of another message
 
     @property
     def lost(self) -> set[str]:
-        return set(self.named) | set(self.says)
+        return set(self.named) | set(self.says) | set(self.tells)
 
 
 def rewrite(cell: str, *edits: tuple[str, str]) -> str:
@@ -101,10 +109,33 @@ def forward(*edits):
     return rewrite("dropout_forward", *edits)
 
 
+# Correct rewrites that ride along in the free cells of mutant rows: each must keep its cells'
+# full marks next to the mistakes of the others.
+BACKWARD_ON_A_COPY = """
+    if cache is None:
+        return dout
+    keep, p = cache
+    return dout.clone().mul_(keep / (1 - p))
+    """
+GAUSSIAN_RANDN_TIMES_STD_PLUS_ONE = """
+    if not training:
+        return x
+    std = math.sqrt(p / (1 - p))
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x * (z * std + 1)
+    """
+UOUT_UNIFORM_AROUND_ONE = """
+    if not training:
+        return x
+    return x * torch.empty_like(x).uniform_(1 - beta, 1 + beta, generator=generator)
+    """
+
+
 MUTANTS = {
-    "no-scaling+gaussian-std-as-variance+uout-from-zero": Submission(
+    "no-scaling+backward-fails-in-eval+gaussian-std-as-variance+uout-from-zero": Submission(
         {
             "dropout_forward": forward((OUT, "out = x * keep")),
+            "dropout_backward": rewrite("dropout_backward", (BACKWARD_EVAL_BRANCH, "")),
             "gaussian_dropout": rewrite("gaussian_dropout", (STD, "std = p / (1 - p)")),
             "uout": rewrite("uout", (R, "r = beta * u")),
         },
@@ -113,12 +144,19 @@ MUTANTS = {
             GAUSSIAN: "gaussian-std-as-variance",
             UOUT: "uout-wrong-interval",
         },
+        tells={
+            BACKWARD: "dropout_backward raised TypeError (cannot unpack non-iterable NoneType "
+            "object) in evaluation mode, on the cache that dropout_forward returned there (None)"
+        },
     ),
-    "classic-dropout+gaussian-keep-probability+uout-half-width": Submission(
+    "classic-dropout+backward-in-place+gaussian-keep-probability+uout-half-width": Submission(
         {
             "dropout_forward": forward(
                 (OUT, "out = x * keep"),
                 ("return x, None", "return x * (1 - p), None"),
+            ),
+            "dropout_backward": rewrite(
+                "dropout_backward", (BACKWARD_RETURN, "dout *= keep / (1 - p)\nreturn dout")
             ),
             "gaussian_dropout": rewrite("gaussian_dropout", (STD, "std = math.sqrt((1 - p) / p)")),
             "uout": rewrite("uout", (R, "r = beta / 2 * (2 * u - 1)")),
@@ -126,53 +164,102 @@ MUTANTS = {
         {
             TRAIN: "dropout-no-scaling",
             EVAL: "dropout-no-scaling",
+            BACKWARD: "dropout-input-modified-in-place",
             GAUSSIAN: "dropout-keep-drop-confused",
             UOUT: "uout-wrong-interval",
         },
     ),
-    "backward-no-scaling+noise-in-eval": Submission(
+    "generator-ignored+backward-no-scaling+noise-in-eval": Submission(
         {
+            "dropout_forward": forward((RAND, "torch.rand(x.shape, device=x.device)")),
             "dropout_backward": rewrite(
                 "dropout_backward", (BACKWARD_RETURN, "return dout * keep")
             ),
             "gaussian_dropout": rewrite("gaussian_dropout", (NOISE_EVAL_BRANCH, "")),
             "uout": rewrite("uout", (NOISE_EVAL_BRANCH, "")),
         },
-        {BACKWARD: "dropout-no-scaling", GAUSSIAN: "dropout-in-eval", UOUT: "dropout-in-eval"},
+        {
+            TRAIN: "dropout-generator-ignored",
+            BACKWARD: "dropout-no-scaling",
+            GAUSSIAN: "dropout-in-eval",
+            UOUT: "dropout-in-eval",
+        },
     ),
-    "scaled-by-p": Submission(
-        {"dropout_forward": forward((OUT, "out = x * keep * p"))},
-        {TRAIN: "dropout-wrong-scaling"},
+    # x + std * z had full marks while every |x| was in [0.5, 2] (E[1/x^2] = 1 there).
+    "scaled-by-p+gaussian-added+uout-added": Submission(
+        {
+            "dropout_forward": forward((OUT, "out = x * keep * p")),
+            "gaussian_dropout": rewrite(
+                "gaussian_dropout", (NOISE, "noise = std *"), (MULTIPLY, "return x + noise")
+            ),
+            "uout": rewrite("uout", (UOUT_RETURN, "return x + r")),
+        },
+        {
+            TRAIN: "dropout-wrong-scaling",
+            GAUSSIAN: "gaussian-additive-noise",
+            UOUT: "uout-additive-noise",
+        },
     ),
-    "scaled-by-keep-probability": Submission(
-        {"dropout_forward": forward((OUT, "out = x * keep * (1 - p)"))},
-        {TRAIN: "dropout-wrong-scaling"},
+    "scaled-by-keep-probability+gaussian-std-p+uout-in-place": Submission(
+        {
+            "dropout_forward": forward((OUT, "out = x * keep * (1 - p)")),
+            "gaussian_dropout": rewrite("gaussian_dropout", (STD, "std = p")),
+            "uout": rewrite("uout", (UOUT_RETURN, "x += x * r\nreturn x")),
+        },
+        {
+            TRAIN: "dropout-wrong-scaling",
+            GAUSSIAN: "gaussian-std-p",
+            UOUT: "dropout-input-modified-in-place",
+        },
     ),
-    "p-as-keep-probability": Submission(
-        {"dropout_forward": forward((KEEP, "< p  # kept w.p. p"))},
-        {TRAIN: "dropout-keep-drop-confused"},
+    "p-as-keep-probability+gaussian-mean-zero+uout-uniform-around-one": Submission(
+        {
+            "dropout_forward": forward((KEEP, "< p  # kept w.p. p")),
+            "gaussian_dropout": rewrite("gaussian_dropout", (NOISE, "noise = std *")),
+            "uout": UOUT_UNIFORM_AROUND_ONE,
+        },
+        {TRAIN: "dropout-keep-drop-confused", GAUSSIAN: "gaussian-noise-mean-zero"},
     ),
-    "p-as-keep-probability-throughout": Submission(
+    "p-as-keep-probability-throughout+gaussian-plus-noise": Submission(
         {
             "dropout_forward": forward((KEEP, "< p  # kept w.p. p"), (OUT, "out = x * keep / p")),
             "dropout_backward": rewrite(
                 "dropout_backward", (BACKWARD_RETURN, "return dout * keep / p")
             ),
+            "gaussian_dropout": rewrite("gaussian_dropout", (MULTIPLY, "return x + noise")),
         },
-        {TRAIN: "dropout-keep-drop-confused", BACKWARD: "dropout-keep-drop-confused"},
+        {
+            TRAIN: "dropout-keep-drop-confused",
+            BACKWARD: "dropout-keep-drop-confused",
+            GAUSSIAN: "gaussian-additive-noise",
+        },
     ),
-    "dropout-in-eval": Submission(
-        {"dropout_forward": forward((EVAL_BRANCH, ""))},
+    "dropout-in-eval+gaussian-randn-times-std-plus-one": Submission(
+        {
+            "dropout_forward": forward((EVAL_BRANCH, "")),
+            "gaussian_dropout": GAUSSIAN_RANDN_TIMES_STD_PLUS_ONE,
+        },
         {EVAL: "dropout-in-eval", BACKWARD: "dropout-in-eval"},
     ),
-    "backward-fresh-mask": Submission(
+    "mask-shared-by-the-batch+backward-fresh-mask": Submission(
         {
+            "dropout_forward": forward(("torch.rand(x.shape,", "torch.rand(x.shape[1:],")),
             "dropout_backward": rewrite(
                 "dropout_backward",
                 (UNPACK, "_, p = cache\nkeep = torch.rand(dout.shape, device=dout.device) >= p"),
-            )
+            ),
         },
-        {BACKWARD: "dropout-backward-new-mask"},
+        {TRAIN: "dropout-mask-shared", BACKWARD: "dropout-backward-new-mask"},
+    ),
+    # The backward cell runs this forward pass too: x changed in place costs the forward's cell.
+    "forward-in-place+backward-on-a-copy+gaussian-randn-plus-one+uout-around-one": Submission(
+        {
+            "dropout_forward": forward((OUT, "out = x.mul_(keep / (1 - p))")),
+            "dropout_backward": BACKWARD_ON_A_COPY,
+            "gaussian_dropout": GAUSSIAN_RANDN_TIMES_STD_PLUS_ONE,
+            "uout": UOUT_UNIFORM_AROUND_ONE,
+        },
+        {TRAIN: "dropout-input-modified-in-place"},
     ),
 }
 
@@ -241,6 +328,35 @@ ALTERNATIVES = {
                 return x
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
             return (x.double() * (1 + beta * (2 * u - 1))).to(x.dtype)
+            """,
+    },
+    # Masks kept below 1 - p, Gaussian noise from torch.normal, Uout with addcmul: every draw
+    # from the generator given, every result a new tensor.
+    "rand-below-keep-normal-addcmul": {
+        "dropout_forward": """
+            if not training:
+                return x, None
+            keep = torch.rand(x.shape, generator=generator, device=x.device) < 1 - p
+            return torch.where(keep, x / (1 - p), torch.zeros_like(x)), (keep, p)
+            """,
+        "dropout_backward": """
+            if cache is None:
+                return dout
+            keep, p = cache
+            return torch.where(keep, dout / (1 - p), torch.zeros_like(dout))
+            """,
+        "gaussian_dropout": """
+            if not training:
+                return x
+            std = math.sqrt(p / (1 - p))
+            noise = torch.normal(1.0, std, x.shape, generator=generator, device=x.device)
+            return x * noise.to(x.dtype)
+            """,
+        "uout": """
+            if not training:
+                return x
+            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return torch.addcmul(x, x, beta * (2 * u - 1))
             """,
     },
 }
@@ -313,6 +429,8 @@ def test_each_mistake_loses_exactly_its_cells_and_is_named(graded, name):
         assert named == want, (grade_id, text)
         if grade_id in expected.says:
             assert expected.says[grade_id] in text and "scores zero" in text, (grade_id, text)
+        if grade_id in expected.tells:
+            assert expected.tells[grade_id] in text, (grade_id, text)
         if grade_id in expected.lost:
             assert "tensor(" not in text
             assert not re.search(r"\d\.\d{4,}", text), text

@@ -797,6 +797,116 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         anchor="do-uout",
         mutants={"uout": ({"interval": "zero_to_beta"}, {"interval": "half_width"})},
     ),
+    Misconception(
+        name="gaussian-std-p",
+        title="Gaussian noise with standard deviation p",
+        feedback=(
+            "The noise of Gaussian dropout has mean 1 and the variance of the inverted Bernoulli "
+            "multiplier it imitates, p/(1 - p); its standard deviation is sqrt(p/(1 - p)), not "
+            "p: 1 + math.sqrt(p / (1 - p)) * torch.randn(...). With standard deviation p the "
+            "noise is much weaker than dropout with the same p (for p = 0.5, 0.5 instead of 1)."
+        ),
+        page="dropout",
+        anchor="do-gaussian",
+        mutants={"gaussian_dropout": ({"std": "p"},)},
+    ),
+    Misconception(
+        name="gaussian-noise-mean-zero",
+        title="Gaussian noise with mean 0 instead of 1",
+        feedback=(
+            "Gaussian dropout multiplies x by noise from N(1, p/(1 - p)): centred on 1, so that "
+            "the expected output is x itself. torch.randn draws from N(0, 1); scaled by the "
+            "standard deviation it has mean 0, and x * noise is then 0 on average and changes "
+            "sign half of the time. Add 1: noise = 1 + math.sqrt(p / (1 - p)) * torch.randn(...)."
+        ),
+        page="dropout",
+        anchor="do-gaussian",
+        mutants={"gaussian_dropout": ({"mean": "zero"},)},
+    ),
+    Misconception(
+        name="gaussian-additive-noise",
+        title="Gaussian noise added to x instead of multiplying it",
+        feedback=(
+            "Gaussian dropout is MULTIPLICATIVE noise, out = x * noise with noise from "
+            "N(1, p/(1 - p)): the noise scales with the unit, a unit that is 0 stays 0, and "
+            "out / x has the same spread for small and large units, as with a dropout mask. "
+            "x + noise (or x + std * torch.randn(...)) adds noise of a fixed size instead: it "
+            "swamps small units, barely changes large ones, and moves units that are 0."
+        ),
+        page="dropout",
+        anchor="do-gaussian",
+        mutants={"gaussian_dropout": ({"combine": "add"}, {"combine": "add", "mean": "zero"})},
+    ),
+    Misconception(
+        name="uout-additive-noise",
+        title="Uout noise added to x instead of multiplying it",
+        feedback=(
+            "Uout is out = x + x * r = x * (1 + r) with r uniform on [-beta, beta]: the noise is "
+            "proportional to the unit, so out / x lies in [1 - beta, 1 + beta] whatever the size "
+            "of x, and a unit that is 0 stays 0. x + r adds noise of a fixed size instead, which "
+            "swamps small units and moves units that are 0."
+        ),
+        page="dropout",
+        anchor="do-uout",
+        mutants={"uout": ({"combine": "add"},)},
+    ),
+    Misconception(
+        name="dropout-mask-shared",
+        title="one dropout mask shared by every sample of the batch",
+        feedback=(
+            "Every element of the input gets its own mask value, drawn independently: the mask "
+            "has the shape of x, torch.rand(x.shape, generator=generator, device=x.device) >= p. "
+            "A mask of the shape of one sample (x.shape[1:], or x[0]) is broadcast over the "
+            "batch, so every sample loses the same units at the same step: the samples of a "
+            "batch are no longer independent draws of the noise, and the network sees far fewer "
+            "different sub-networks."
+        ),
+        page="dropout",
+        anchor="do-mask",
+        mutants={"dropout_forward": ({"mask": "shared"},)},
+    ),
+    Misconception(
+        name="dropout-generator-ignored",
+        title="random numbers not drawn from the generator given",
+        feedback=(
+            "Every random draw must come from the generator argument: "
+            "torch.rand(x.shape, generator=generator, device=x.device), "
+            "torch.randn(..., generator=generator), tensor.bernoulli_(q, generator=generator). "
+            "Then two generators in the same state give the same output, different seeds give "
+            "different outputs, and the global random state (torch.manual_seed) is left alone. "
+            "Drawing without it uses, and changes, the global generator (so does seeding it "
+            "with torch.manual_seed inside the function); a new generator with a fixed seed "
+            "gives the same mask at every step."
+        ),
+        page="dropout",
+        anchor="do-generator",
+        mutants={
+            task: tuple(
+                {"random_source": source} for source in ("global", "reseeded_global", "fixed_seed")
+            )
+            for task in ("dropout_forward", "gaussian_dropout", "uout")
+        },
+    ),
+    Misconception(
+        name="dropout-input-modified-in-place",
+        title="the caller's tensor modified in place",
+        feedback=(
+            "The function must return a new tensor and leave its input as it was: the caller "
+            "may still need x (the layer before keeps it for its own backward pass; autograd "
+            "refuses in-place changes of tensors it saved). Write out = x * mask / (1 - p), not "
+            "x *= ..., x.mul_(...) or x[...] = ...; in the backward pass, dx = dout * ... rather "
+            "than dout *= .... (torch.nn.Dropout(inplace=True) changes its input only when asked "
+            "to.)"
+        ),
+        page="dropout",
+        anchor="do-out-of-place",
+        mutants={
+            "dropout_forward": ({"inplace": True},),
+            "dropout_backward": ({"backward_inplace": True},),
+            "gaussian_dropout": ({"inplace": True},),
+            "uout": ({"inplace": True},),
+        },
+    ),
     # --- ps05_train_vs_eval: evaluation code debugged ---
     Misconception(
         name="eval-forgotten",

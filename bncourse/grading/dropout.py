@@ -15,12 +15,19 @@ Students write, with PyTorch's convention that ``p`` is the probability of DROPP
 
 The outputs are random, so the checks compare *properties* of them with those of the reference,
 each classified when the check runs: the fraction of units zeroed (within binomial bounds), the
-factor applied to the kept units, the mean and variance of the multiplicative noise
-``out / x`` (within bounds from their sampling distributions), whether the gradient flows exactly
-through the kept units. Every check draws its inputs and a seed when it runs and hands the
-submission a :class:`torch.Generator` seeded with it on the input's device: the result is
+factor applied to the kept units, whether one mask serves the whole batch, the mean and variance
+of the multiplicative noise ``out / x`` (within bounds from their sampling distributions), what
+the output is where the input is zero and whether the noise is as wide for small as for large
+``|x|`` (multiplicative noise is; noise added to ``x`` is not), whether the gradient flows
+exactly through the kept units. Every check draws its inputs and a seed when it runs and hands
+the submission a :class:`torch.Generator` seeded with it on the input's device: the result is
 deterministic given the seed, and unknown before the check runs. The properties are described by
 formulas in ``p`` (or ``beta``), never by a value a submission could return.
+
+Every call is also checked for what it must leave alone: the forward functions are called twice
+with generators in the same state (the outputs must be equal) and once with another seed (in
+training mode the output must change), and the global random generators must be untouched; the
+caller's ``x`` (and ``dout`` for the backward pass) must be unchanged after the call.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch
 from torch import Tensor
 
 from bncourse.grading.backward import forbid_autograd
+from bncourse.grading.catalogue import book_link
 from bncourse.grading.engine import (
     CheckFailure,
     Result,
@@ -73,6 +81,13 @@ __all__ = [
 # deviations away on the inputs drawn (n >= 10,000 elements, p and beta never 0.5).
 Z = 6.0
 
+# |x| is log-uniform on [1/MAGNITUDE_SPREAD, MAGNITUDE_SPREAD], of either sign: noise added to x
+# instead of multiplied has a spread out / x that grows like 1/|x|, 100 times wider at the
+# smallest inputs than at the largest. With zeros, this fraction of the inputs is exactly 0
+# (multiplicative noise leaves them 0, added noise does not).
+MAGNITUDE_SPREAD = 10.0
+ZERO_FRACTION = 0.1
+
 
 @dataclass(frozen=True)
 class DropoutCase:
@@ -104,9 +119,9 @@ class DropoutCase:
         }
         return dataclasses.replace(self, **changes)
 
-    def generator(self) -> torch.Generator:
-        """A generator on the input's device, seeded for this case."""
-        return torch.Generator(device=self.x.device).manual_seed(self.seed)
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A generator on the input's device, seeded for this case (``offset``: another seed)."""
+        return torch.Generator(device=self.x.device).manual_seed((self.seed + offset) % 2**63)
 
 
 Spec = tuple[tuple[int, ...], float]
@@ -128,19 +143,33 @@ def draw_cases(
     dtype: torch.dtype = torch.float32,
     gradients: bool = False,
     rate_name: str = "p",
+    zeros: bool = False,
 ) -> list[DropoutCase]:
-    """Inputs with |x| in [0.5, 2] and either sign (never 0, so out / x is the noise)."""
+    """Inputs with a spread of magnitudes and signs, and with ``zeros`` some exact zeros.
+
+    |x| is log-uniform on [1/MAGNITUDE_SPREAD, MAGNITUDE_SPREAD]; with ``zeros`` a fraction
+    ZERO_FRACTION of the elements is 0. The gradients have |dout| in [0.5, 2], either sign.
+    """
     device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
 
+    def signed(size: Tensor) -> Tensor:
+        return torch.where(torch.rand(size.shape, generator=gen) < 0.5, -size, size)
+
+    def spread(shape: tuple[int, ...]) -> Tensor:
+        exponent = 2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1
+        x = signed(MAGNITUDE_SPREAD**exponent)
+        if zeros:
+            x = torch.where(torch.rand(shape, generator=gen) < ZERO_FRACTION, 0.0, x)
+        return x
+
     def away_from_zero(shape: tuple[int, ...]) -> Tensor:
-        size = 0.5 + 1.5 * torch.rand(shape, generator=gen, dtype=torch.float64)
-        return torch.where(torch.rand(shape, generator=gen) < 0.5, -size, size)
+        return signed(0.5 + 1.5 * torch.rand(shape, generator=gen, dtype=torch.float64))
 
     cases = []
     for shape, rate in specs:
         case = DropoutCase(
-            x=away_from_zero(shape),
+            x=spread(shape),
             rate=rate,
             training=training,
             seed=int(torch.randint(0, 2**62, (1,), generator=gen)),
@@ -265,10 +294,87 @@ def _forward_pair(value: object, x: Tensor) -> Tensor:
 
 
 def _cpu64(t: Tensor) -> Tensor:
-    return t.detach().to("cpu", torch.float64)
+    """A float64 copy on the CPU (never the tensor itself: later calls cannot change it)."""
+    return t.detach().to("cpu", torch.float64, copy=True)
+
+
+# --- what a call must leave alone: the global random generators, the caller's tensors --------
+
+SEEDED = "changes with the generator's seed"
+FIXED = "the same for every seed"
+
+
+def _global_rng_states(device: torch.device) -> list[Tensor]:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _restore_global_rng_states(states: list[Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
+
+
+def _identical(a: Tensor, b: Tensor) -> bool:
+    if torch.equal(a, b):
+        return True
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _observe(call: Callable[[torch.Generator], Tensor], case: DropoutCase) -> tuple[Tensor, str]:
+    """The output of ``call`` with the case's generator, and how it used the generator.
+
+    ``call(generator)`` runs the function under test on fresh copies of the case's inputs and
+    returns its output as a float64 CPU copy. It runs three times: with the case's generator,
+    with another generator in the same state (a function that draws from the generator it is
+    given returns the same output) and with a generator seeded differently (in training mode, a
+    different output). The global random generators must keep their state; it is restored.
+    """
+    device = case.x.device
+    before = _global_rng_states(device)
+    try:
+        out = call(case.generator())
+        again = call(case.generator())
+        other = call(case.generator(offset=1))
+        after = _global_rng_states(device)
+    finally:
+        _restore_global_rng_states(before, device)
+    if not _identical(out, again):
+        return out, "differs between two generators in the same state"
+    if not all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+        return out, "changes the state of the global random generator"
+    return out, FIXED if _identical(out, other) else SEEDED
+
+
+def _unchanged(passed: Tensor, original: Tensor) -> str:
+    """Whether the tensor handed to the function still holds the caller's values."""
+    return "unchanged" if torch.equal(passed, original) else "modified in place"
+
+
+_CALL_LABELS = {
+    "randomness": "use of the generator",
+    "input": "the caller's x after the call",
+}
 
 
 # --- dropout forward -------------------------------------------------------------------------
+
+
+def _random_source(
+    generator: torch.Generator | None, x: Tensor, source: str
+) -> torch.Generator | None:
+    """The generator a variant draws from: "generator" (the one given, right), "global" (none:
+    the global generator), "reseeded_global" (the global generator, seeded from the one given)
+    or "fixed_seed" (a new one with a constant seed)."""
+    if source == "generator":
+        return generator
+    if source == "reseeded_global":
+        torch.manual_seed(generator.initial_seed() if generator is not None else 0)
+    if source in ("global", "reseeded_global"):
+        return None
+    return torch.Generator(device=x.device).manual_seed(0)
 
 
 def dropout_variant(
@@ -280,6 +386,9 @@ def dropout_variant(
     keep_prob: str = "1 - p",
     scale: str = "inverted",
     eval_mode: str = "identity",
+    mask: str = "per_element",
+    random_source: str = "generator",
+    inplace: bool = False,
 ) -> tuple[Tensor, object]:
     """``dropout_forward`` with the student's signature and optional catalogued mistakes.
 
@@ -287,30 +396,62 @@ def dropout_variant(
     with probability p). ``scale`` of the kept units: "inverted" (1/(1 - p), right), "none",
     "p", "keep" (1 - p), "inverse_p" (1/p). ``eval_mode``: "identity" (right), "train"
     (dropout applied in evaluation too), "classic" (multiply by 1 - p in evaluation).
+    ``mask``: "per_element" (right) or "shared" (one mask of a sample's shape for the whole
+    batch). ``random_source``: see :func:`_random_source`. ``inplace``: multiply x in place.
     """
     if not training and eval_mode == "identity":
         return x, None
     if not training and eval_mode == "classic":
         return x * (1 - p), None
     q = 1 - p if keep_prob == "1 - p" else p
-    keep = torch.empty_like(x).bernoulli_(q, generator=generator)
+    shape = x.shape[1:] if mask == "shared" else x.shape
+    keep = torch.empty(shape, dtype=x.dtype, device=x.device)
+    keep.bernoulli_(q, generator=_random_source(generator, x, random_source))
     factor = {"inverted": 1 / (1 - p), "none": 1.0, "p": p, "keep": 1 - p, "inverse_p": 1 / p}
-    return x * keep * factor[scale], (keep, factor[scale])
+    f = factor[scale]
+    return (x.mul_(keep * f) if inplace else x * keep * f), (keep, f)
 
 
 def _forward_reference(x, p, training, generator=None):
     return reference_functional.dropout(x, p, training, generator=generator), None
 
 
+NO_DROP = "no unit dropped"
+SHARED = "one mask shared by every sample"
+
+
+def _mask_layout(dropped: Tensor) -> str:
+    """Whether the samples of the batch (dim 0) have masks of their own."""
+    if not dropped.any():
+        return NO_DROP
+    if dropped.all():
+        return "every unit dropped"
+    if dropped.shape[0] < 2:
+        return "a batch of one"
+    # Two independent masks of >= 100 units agree everywhere with probability < 0.79^100.
+    return SHARED if bool((dropped == dropped[:1]).all()) else "a mask of its own for every sample"
+
+
 def _run_forward(fn: Callable[..., Any], case: DropoutCase) -> Result:
-    x = case.x.clone()
-    out = _cpu64(_forward_pair(fn(x, case.rate, case.training, case.generator()), case.x))
-    x64 = _cpu64(case.x)
-    r = out / x64
+    passed = []
+
+    def call(generator: torch.Generator) -> Tensor:
+        x = case.x.clone()
+        passed.append(x)
+        return _cpu64(_forward_pair(fn(x, case.rate, case.training, generator), case.x))
+
+    out, randomness = _observe(call, case)
+    r = out / _cpu64(case.x)
     dropped = r.abs() <= _rtol(case.dtype)
+    layout = _mask_layout(dropped)
     return {
-        "drop_fraction": _drop_fraction(dropped, case.rate),
+        # One mask for the batch has the units of one sample only: its drop fraction is that of
+        # those units, within the binomial bounds of their number.
+        "drop_fraction": _drop_fraction(dropped[0] if layout == SHARED else dropped, case.rate),
         "kept_factor": _constant_factor(r[~dropped], case.rate, case.dtype),
+        "mask_layout": layout,
+        "randomness": randomness,
+        "input": _unchanged(passed[0], case.x),
     }
 
 
@@ -323,6 +464,8 @@ FORWARD = Task(
     labels={
         "drop_fraction": "fraction of units zeroed",
         "kept_factor": "factor applied to the kept units",
+        "mask_layout": "masks of the samples of a batch",
+        **_CALL_LABELS,
     },
 )
 
@@ -330,11 +473,25 @@ FORWARD = Task(
 # --- dropout backward, through the student's own forward pass --------------------------------
 
 
+def _eval_backward_crash(error: Exception, cache: object) -> str:
+    given = "None" if cache is None else f"a {type(cache).__name__}"
+    what = str(error)
+    what = what if len(what) <= 200 else what[:200] + "..."
+    return (
+        f"dropout_backward raised {type(error).__name__} ({what}) in evaluation mode, on the "
+        f"cache that dropout_forward returned there ({given}). In evaluation mode dropout is the "
+        "identity, and so is its gradient: dropout_backward must accept the cache your forward "
+        "pass returns in evaluation mode and return dout unchanged (for example: if cache is "
+        f"None: return dout).\nRead more: {book_link('dropout', 'do-backward')}"
+    )
+
+
 class _Pipeline:
     """The student's forward and backward passes as one function of (x, p, training, gen, dout).
 
     The backward pass computes the gradient itself: autograd is refused inside it, as in the
-    batch-norm backward exercise.
+    batch-norm backward exercise. A backward pass that fails on the cache of evaluation mode is
+    told so.
     """
 
     def __init__(self, forward: Callable[..., Any], backward: Callable[..., Any]) -> None:
@@ -349,9 +506,11 @@ class _Pipeline:
                 dx = self.backward(dout, value[1])
             except ReferenceCallError:
                 raise
-            except Exception:
+            except Exception as error:
                 if guard.violations:
                     raise guard.refuse(guard.violations[0]) from None
+                if not training and not isinstance(error, NotImplementedError):
+                    raise CheckFailure(_eval_backward_crash(error, value[1])) from error
                 raise
         if guard.violations:
             raise guard.refuse(guard.violations[0])
@@ -367,13 +526,15 @@ def dropout_pipeline_variant(
     *,
     backward_mask: str = "forward",
     backward_scale: str = "inverted",
-    **forward_flags: str,
+    backward_inplace: bool = False,
+    **forward_flags: Any,
 ) -> tuple[Tensor, Tensor]:
     """Forward then backward pass, with optional catalogued mistakes in either.
 
     ``forward_flags`` are those of :func:`dropout_variant`. ``backward_mask``: "forward" (the
     mask of the forward pass, right), "fresh" (a new mask drawn in the backward pass), "none" (no
     mask). ``backward_scale``: "inverted" (1/(1 - p), right), "none" or "inverse_p" (1/p).
+    ``backward_inplace``: multiply dout in place.
     """
     out, cache = dropout_variant(x, p, training, generator, **forward_flags)
     if cache is None:
@@ -384,7 +545,7 @@ def dropout_pipeline_variant(
     elif backward_mask == "none":
         keep = torch.ones_like(dout)
     factor = {"inverted": 1 / (1 - p), "none": 1.0, "inverse_p": 1 / p}[backward_scale]
-    return out, dout * keep * factor
+    return out, (dout.mul_(keep * factor) if backward_inplace else dout * keep * factor)
 
 
 def _pipeline_reference(x, p, training, generator, dout):
@@ -411,6 +572,7 @@ def _run_pipeline(fn: Callable[..., Any], case: DropoutCase) -> Result:
     return {
         "grad_zeros": zeros,
         "grad_factor": _constant_factor(g[~blocked], case.rate, case.dtype),
+        "dout": _unchanged(dout, case.grad_output),
     }
 
 
@@ -423,6 +585,7 @@ BACKWARD = Task(
     labels={
         "grad_zeros": "the gradient is zero",
         "grad_factor": "factor applied to the gradient where it is not zero",
+        "dout": "the caller's dout after dropout_backward",
     },
 )
 
@@ -437,12 +600,19 @@ def gaussian_dropout_variant(
     generator: torch.Generator | None = None,
     *,
     std: str = "sqrt",
+    mean: str = "one",
+    combine: str = "multiply",
     eval_mode: str = "identity",
+    random_source: str = "generator",
+    inplace: bool = False,
 ) -> Tensor:
     """``gaussian_dropout`` with optional catalogued mistakes.
 
     ``std`` of the noise: "sqrt" (sqrt(p/(1 - p)), right), "variance" (p/(1 - p)), "keep"
-    (sqrt((1 - p)/p)). ``eval_mode``: "identity" (right) or "train" (noise in evaluation too).
+    (sqrt((1 - p)/p)), "p". ``mean`` of the noise: "one" (right) or "zero". ``combine``:
+    "multiply" (x * noise, right) or "add" (x + noise). ``eval_mode``: "identity" (right) or
+    "train" (noise in evaluation too). ``random_source``: see :func:`_random_source`.
+    ``inplace``: combine into x in place.
     """
     if not training and eval_mode == "identity":
         return x
@@ -450,9 +620,16 @@ def gaussian_dropout_variant(
         "sqrt": math.sqrt(p / (1 - p)),
         "variance": p / (1 - p),
         "keep": math.sqrt((1 - p) / p),
+        "p": p,
     }
-    noise = torch.empty_like(x).normal_(1.0, sigma[std], generator=generator)
-    return x * noise
+    noise = torch.empty_like(x).normal_(
+        1.0 if mean == "one" else 0.0,
+        sigma[std],
+        generator=_random_source(generator, x, random_source),
+    )
+    if combine == "add":
+        return x.add_(noise) if inplace else x + noise
+    return x.mul_(noise) if inplace else x * noise
 
 
 def uout_variant(
@@ -462,12 +639,17 @@ def uout_variant(
     generator: torch.Generator | None = None,
     *,
     interval: str = "symmetric",
+    combine: str = "multiply",
     eval_mode: str = "identity",
+    random_source: str = "generator",
+    inplace: bool = False,
 ) -> Tensor:
     """``uout`` with optional catalogued mistakes.
 
     ``interval`` of r: "symmetric" (U(-beta, beta), right), "zero_to_beta" (U(0, beta)),
-    "half_width" (U(-beta/2, beta/2)). ``eval_mode``: "identity" (right) or "train".
+    "half_width" (U(-beta/2, beta/2)). ``combine``: "multiply" (x + x * r, right) or "add"
+    (x + r). ``eval_mode``: "identity" (right) or "train". ``random_source``: see
+    :func:`_random_source`. ``inplace``: add to x in place.
     """
     if not training and eval_mode == "identity":
         return x
@@ -476,54 +658,105 @@ def uout_variant(
         "zero_to_beta": (0.0, beta),
         "half_width": (-beta / 2, beta / 2),
     }[interval]
-    r = torch.empty_like(x).uniform_(low, high, generator=generator)
-    return x + x * r
+    r = torch.empty_like(x).uniform_(
+        low, high, generator=_random_source(generator, x, random_source)
+    )
+    change = r if combine == "add" else x * r
+    return x.add_(change) if inplace else x + change
 
 
-def _noise_result(r: Tensor, case: DropoutCase, means, variances) -> Result:
+SAME_SPREAD = "as wide for small |x| as for large |x|"
+
+
+def _spread_by_magnitude(r: Tensor, magnitude: Tensor, dtype: torch.dtype) -> str:
+    """Whether the noise r has one variance for |x| < 1 and for |x| >= 1.
+
+    The two sample variances come from disjoint halves of the inputs: for noise independent of
+    x their difference has mean 0 and standard error hypot(se_small, se_large).
+    """
+    small, large = r[magnitude < 1], r[magnitude >= 1]
+    _, var_small, _, se_small = _noise_statistics(small, dtype)
+    _, var_large, _, se_large = _noise_statistics(large, dtype)
+    if abs(var_small - var_large) <= Z * math.hypot(se_small, se_large):
+        return SAME_SPREAD
+    return "wider for small |x|" if var_small > var_large else "wider for large |x|"
+
+
+def _run_noise(
+    fn: Callable[..., Any], case: DropoutCase, function_name: str
+) -> tuple[Tensor, Tensor, Result]:
+    """The noise r = out / x where x is not 0, |x| there, and what every noise check reads."""
+    passed = []
+
+    def call(generator: torch.Generator) -> Tensor:
+        x = case.x.clone()
+        passed.append(x)
+        out = fn(x, case.rate, case.training, generator)
+        return _cpu64(_as_output(out, case.x, function_name))
+
+    out, randomness = _observe(call, case)
+    x64 = _cpu64(case.x)
+    nonzero = x64 != 0
+    r = out[nonzero] / x64[nonzero]
+    return (
+        r,
+        x64[nonzero].abs(),
+        {
+            "zero_inputs": "0" if bool((out[~nonzero] == 0).all()) else "not 0",
+            "randomness": randomness,
+            "input": _unchanged(passed[0], case.x),
+        },
+    )
+
+
+def _noise_result(r: Tensor, magnitude: Tensor, case: DropoutCase, means, variances) -> Result:
     mean, var, se_mean, se_var = _noise_statistics(r, case.dtype)
     return {
         "noise_mean": _classify(mean, means, Z * se_mean),
         "noise_variance": _classify(var, variances, Z * se_var),
         "noise_values": _distinct_values(r),
+        "noise_spread": _spread_by_magnitude(r, magnitude, case.dtype),
     }
 
 
 def _run_gaussian(fn: Callable[..., Any], case: DropoutCase) -> Result:
-    x = case.x.clone()
-    out = _as_output(fn(x, case.rate, case.training, case.generator()), case.x, "gaussian_dropout")
+    r, magnitude, result = _run_noise(fn, case, "gaussian_dropout")
     p = case.rate
     variances = [
         ("p/(1 - p)", p / (1 - p)),
         ("(p/(1 - p))^2", (p / (1 - p)) ** 2),
         ("(1 - p)/p", (1 - p) / p),
+        ("p^2", p**2),
         ("0", 0.0),
     ]
-    return _noise_result(_cpu64(out) / _cpu64(case.x), case, [("1", 1.0), ("0", 0.0)], variances)
+    means = [("1", 1.0), ("0", 0.0)]
+    return {**_noise_result(r, magnitude, case, means, variances), **result}
 
 
 def _run_uout(fn: Callable[..., Any], case: DropoutCase) -> Result:
-    x = case.x.clone()
-    out = _as_output(fn(x, case.rate, case.training, case.generator()), case.x, "uout")
+    r, magnitude, result = _run_noise(fn, case, "uout")
     beta = case.rate
-    r = _cpu64(out) / _cpu64(case.x)
-    result = _noise_result(
+    noise = _noise_result(
         r,
+        magnitude,
         case,
         [("1", 1.0), ("1 + beta/2", 1 + beta / 2)],
         [("beta^2/3", beta**2 / 3), ("beta^2/12", beta**2 / 12), ("0", 0.0)],
     )
     inside = bool(((r - 1).abs() <= beta * (1 + _rtol(case.dtype)) + _rtol(case.dtype)).all())
-    result["noise_range"] = (
+    noise["noise_range"] = (
         "within [1 - beta, 1 + beta]" if inside else "beyond [1 - beta, 1 + beta]"
     )
-    return result
+    return {**noise, **result}
 
 
 _NOISE_LABELS = {
     "noise_mean": "mean of the noise out / x",
     "noise_variance": "variance of the noise out / x",
     "noise_values": "values the noise out / x takes",
+    "noise_spread": "variance of the noise out / x for |x| < 1 and for |x| >= 1",
+    "zero_inputs": "output where the input is 0",
+    **_CALL_LABELS,
 }
 
 GAUSSIAN = Task(
@@ -562,7 +795,7 @@ def check_dropout_train(
         FORWARD,
         fn,
         cases,
-        ["drop_fraction", "kept_factor"],
+        list(FORWARD.labels),
         seed=seed,
         what="training mode",
     )
@@ -583,7 +816,7 @@ def check_dropout_eval(
         FORWARD,
         fn,
         cases,
-        ["drop_fraction", "kept_factor"],
+        list(FORWARD.labels),
         seed=seed,
         what="evaluation mode",
     )
@@ -612,7 +845,7 @@ def check_dropout_backward(
         BACKWARD,
         _Pipeline(forward, backward),
         cases,
-        ["grad_zeros", "grad_factor"],
+        list(BACKWARD.labels),
         seed=seed,
         what="the gradient",
     )
@@ -628,14 +861,15 @@ def check_gaussian_dropout(
     """``gaussian_dropout`` in training mode (the noise's distribution) and evaluation mode."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
-    cases = draw_cases(
-        GAUSSIAN_SPECS, training=True, seed=seed, device=device, dtype=dtype
-    ) + draw_cases(EVAL_SPECS[:2], training=False, seed=seed + 1, device=device, dtype=dtype)
+    common = dict(device=device, dtype=dtype, zeros=True)
+    cases = draw_cases(GAUSSIAN_SPECS, training=True, seed=seed, **common) + draw_cases(
+        EVAL_SPECS[:2], training=False, seed=seed + 1, **common
+    )
     run_check(
         GAUSSIAN,
         fn,
         cases,
-        list(_NOISE_LABELS),
+        list(GAUSSIAN.labels),
         seed=seed,
         what="the noise in training and evaluation mode",
     )
@@ -651,17 +885,14 @@ def check_uout(
     """``uout`` in training mode (the noise's distribution) and evaluation mode."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
-    train = draw_cases(
-        UOUT_SPECS, training=True, seed=seed, device=device, dtype=dtype, rate_name="beta"
-    )
-    evaluation = draw_cases(
-        UOUT_SPECS[:2], training=False, seed=seed + 1, device=device, dtype=dtype, rate_name="beta"
-    )
+    common = dict(device=device, dtype=dtype, rate_name="beta", zeros=True)
+    train = draw_cases(UOUT_SPECS, training=True, seed=seed, **common)
+    evaluation = draw_cases(UOUT_SPECS[:2], training=False, seed=seed + 1, **common)
     run_check(
         UOUT,
         fn,
         train + evaluation,
-        [*_NOISE_LABELS, "noise_range"],
+        list(UOUT.labels),
         seed=seed,
         what="the noise in training and evaluation mode",
     )
