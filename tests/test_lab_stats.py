@@ -15,6 +15,7 @@ from scipy import stats
 
 from bncourse.lab.stats import (
     compare_paired,
+    compare_ratio,
     equivalence_test,
     geometric_mean_ci,
     mean_ci,
@@ -228,6 +229,24 @@ def test_paired_verdicts_noise_and_equivalence():
     assert e.verdict == "equivalent"
     assert e.cell(unit=" points") == "equivalent within ±0.5 points"
     assert e.sentence().startswith("equivalent within ±0.5 points")
+
+
+def test_ratio_comparison_is_a_paired_t_test_on_logs_and_flips_with_the_data():
+    rng = np.random.default_rng(14)
+    b = rng.lognormal(0.0, 1.0, size=10)
+    a = b * rng.lognormal(math.log(2.0), 0.1, size=10)
+    r = compare_ratio(a, b)
+    ref = stats.ttest_rel(np.log(a), np.log(b))
+    assert r.p_value == pytest.approx(ref.pvalue)
+    ci = ref.confidence_interval(0.95)
+    assert (r.low, r.high) == pytest.approx((math.exp(ci.low), math.exp(ci.high)))
+    assert r.ratio == pytest.approx(stats.gmean(a / b))
+    assert (r.verdict, compare_ratio(b, a).verdict) == ("larger", "smaller")
+    assert r.sentence().startswith(f"{r.ratio:.2f} times as large")
+    same = compare_ratio(b * rng.lognormal(0.0, 0.5, size=10), b)
+    assert same.verdict == "within noise" and same.sentence().startswith("not distinguishable")
+    with pytest.raises(ValueError, match="must all be positive"):
+        compare_ratio([1.0, -1.0], [1.0, 1.0])
 
 
 def test_trend_sentence_flips_with_the_direction():
