@@ -61,14 +61,14 @@ RECAL = "dropout before every BN, then BN recalibrated with dropout off"
 #: Drop rate (PyTorch's p) of the paper's DenseNet in its Figure 1, the sweep's row set beside it.
 PAPER_DROP = paper_number("densenet_c100_drop_ratio").value
 
-#: The drop-rate sweep the chapter sets beside the paper: dropout before every BN, same seeds.
+#: The drop rates the chapter sets beside the paper: dropout before every BN, the same seeds.
 SWEEP_OVERRIDES: dict = {
     "seeds": MANY_SEEDS,
     "cases": [
         {"label": "no dropout", "placement": "none", "p": 0.0},
         *[
             {"label": f"before_bn, p={p}", "placement": "before_bn", "p": p}
-            for p in (0.1, 0.2, 0.3, 0.4, 0.5)
+            for p in (BASE_TRIAL["p"], PAPER_DROP)  # the problem's rate (shared runs), the paper's
         ],
     ],
 }
