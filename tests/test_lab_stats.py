@@ -214,6 +214,8 @@ def test_paired_sentence_flips_when_the_data_flip():
     assert (forward.verdict, backward.verdict) == ("better", "worse")
     assert forward.sentence().startswith("higher by")
     assert backward.sentence().startswith("lower by")
+    # the interval is that of the gap named, so both read the same numbers
+    assert forward.sentence().split("(")[1] == backward.sentence().split("(")[1]
     assert forward.cell() == "better" and backward.cell() == "worse"
 
 
@@ -242,9 +244,10 @@ def test_ratio_comparison_is_a_paired_t_test_on_logs_and_flips_with_the_data():
     assert (r.low, r.high) == pytest.approx((math.exp(ci.low), math.exp(ci.high)))
     assert r.ratio == pytest.approx(stats.gmean(a / b))
     assert (r.verdict, compare_ratio(b, a).verdict) == ("larger", "smaller")
-    assert r.sentence().startswith(f"{r.ratio:.2f} times as large")
+    assert r.sentence("the narrow one").startswith(f"{r.ratio:.2f} times the narrow one (")
     same = compare_ratio(b * rng.lognormal(0.0, 0.5, size=10), b)
-    assert same.verdict == "within noise" and same.sentence().startswith("not distinguishable")
+    assert same.verdict == "within noise"
+    assert same.sentence("it").startswith("not distinguishable from it")
     with pytest.raises(ValueError, match="must all be positive"):
         compare_ratio([1.0, -1.0], [1.0, 1.0])
 

@@ -277,12 +277,18 @@ def glue_remedies(report: RemediesReport) -> None:
     glue_number("re_uout05", strong.accuracy.mean)
     glue_number("re_uout05_shift", strong.shift.gmean)
     glue_text("re_uout05_vs_base", compare(strong, base).sentence())
-    glue_text("re_uout05_shift_vs_01", compare_shift(strong, weak).sentence())
+    glue_text(
+        "re_uout05_shift_vs_01",
+        compare_shift(strong, weak).sentence(f"the value at β = {beta:g}"),
+    )
     glue_number("re_low_p", low.case["p"])
     glue_number("re_low", low.accuracy.mean)
     glue_number("re_low_shift", low.shift.gmean)
     glue_text("re_low_vs_base", compare(low, base).sentence())
-    glue_text("re_low_shift_vs_problem", compare_shift(low, problem).sentence())
+    glue_text(
+        "re_low_shift_vs_problem",
+        compare_shift(low, problem).sentence(f"the value at p = {problem.case['p']:g}"),
+    )
 
     # width
     wide_a, narrow_b, wide_b = r[WIDE_A], r[NARROW_B], r[WIDE_B]
@@ -293,7 +299,10 @@ def glue_remedies(report: RemediesReport) -> None:
     glue_number("re_wide_a_shift", wide_a.shift.gmean)
     wide_vs = compare(wide_a, problem)
     glue_text("re_wide_a_vs_problem", wide_vs.sentence())
-    glue_text("re_wide_a_shift_vs_problem", compare_shift(wide_a, problem).sentence())
+    glue_text(
+        "re_wide_a_shift_vs_problem",
+        compare_shift(wide_a, problem).sentence("that of the narrow network"),
+    )
     glue_text(
         "re_wide_a_theory",
         {
@@ -309,7 +318,7 @@ def glue_remedies(report: RemediesReport) -> None:
     glue_number("re_b_wide_shift", wide_b.shift.gmean)
     glue_text("re_b_wide_vs_b", compare(wide_b, narrow_b).sentence())
     b_shift = compare_shift(wide_b, narrow_b, largest=False)
-    glue_text("re_b_shift_ratio", b_shift.sentence())
+    glue_text("re_b_shift_ratio", b_shift.sentence("that of the narrow one"))
     glue_text(
         "re_b_width_verdict",
         "the wider layers did shift less, as the paper's mechanism predicts"
@@ -336,7 +345,7 @@ def glue_remedies(report: RemediesReport) -> None:
         "re_beats_base",
         _list(better)
         if better
-        else "none of them: of the {} remedies, {} {} equivalent within ±{:g} points, {} worse "
+        else "none of them: of the {} remedies, {} {} equivalent within ±{:.1f} points, {} worse "
         "and {} within the seed-to-seed noise".format(
             len(remedies),
             counts.get("equivalent", 0),

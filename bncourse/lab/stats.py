@@ -272,6 +272,8 @@ class PairedComparison:
             return self.equivalence.sentence(digits, unit)
         if self.verdict in ("better", "worse"):
             word = higher if self.verdict == "better" else lower
+            if self.verdict == "worse":  # "lower by 4.9 (CI 1.8 to 7.9)": the interval of the gap
+                ci = f"{_percent(self.confidence)} CI {f(-self.high)} to {f(-self.low)}{unit}"
             return f"{word} by {f(abs(self.mean_diff))}{unit} ({ci}, {_format_p(self.p_value)})"
         tail = ""
         if self.equivalence is not None:
@@ -416,16 +418,16 @@ class RatioComparison:
             return "larger" if self.ratio > 1 else "smaller"
         return "within noise"
 
-    def sentence(self, digits: int = 2) -> str:
-        """``"1.83 times as large (95% CI 1.50 to 2.23, p < 0.001)"`` or the noise phrase."""
+    def sentence(self, reference: str = "the reference", digits: int = 2) -> str:
+        """``"1.83 times the reference (95% CI 1.50 to 2.23, p < 0.001)"`` or the noise phrase."""
         f = lambda v: format_number(v, digits)  # noqa: E731
         ci = f"{_percent(self.confidence)} CI {f(self.low)} to {f(self.high)}"
         if self.verdict == "within noise":
             return (
-                f"not distinguishable from it (ratio {f(self.ratio)}, {ci}, "
+                f"not distinguishable from {reference} (ratio {f(self.ratio)}, {ci}, "
                 f"{_format_p(self.p_value)})"
             )
-        return f"{f(self.ratio)} times as large ({ci}, {_format_p(self.p_value)})"
+        return f"{f(self.ratio)} times {reference} ({ci}, {_format_p(self.p_value)})"
 
 
 def compare_ratio(
