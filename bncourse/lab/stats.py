@@ -8,7 +8,7 @@ glues into its prose, built from the computed test, so the words change when the
     from bncourse.lab.stats import compare_paired
     c = compare_paired(acc_remedy, acc_baseline, margin=1.0)  # points, seeds aligned
     c.verdict      # "better", "worse", "within noise" or "equivalent"
-    c.sentence()   # "higher by 2.1 points (95% CI 1.2 to 3.0, p = 0.001)"
+    c.sentence()   # "higher by 2.1 points (95% CI 1.2 to 3.0 points, p = 0.001)"
 
 Intervals come from the t-distribution (SciPy's quantiles); heavy-tailed positive ratios, such as
 the variance-shift statistic, get a geometric mean with a t interval on the logarithms or a
