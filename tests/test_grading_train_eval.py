@@ -282,3 +282,43 @@ def test_delegating_to_the_course_implementation_fails_every_check(task, student
     for check in CHECKS[task].values():
         with pytest.raises(CheckFailure, match=f"called {called}"):
             check(student, seed=0)
+
+
+# --- the situations the checks hand over ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("layout", ["dense", "conv"])
+def test_evaluated_batches_differ_in_size_enough_for_the_weighting_to_show(layout, seed):
+    for case in draw_evaluate_cases(seed, layout, "cpu"):
+        assert len({len(y) for _, y in case.batches}) > 1
+        right = evaluate_variant(copy.deepcopy(case.model), case.batches)
+        per_batch = evaluate_variant(copy.deepcopy(case.model), case.batches, average="batches")
+        assert abs(right - per_batch) >= 1e-3
+
+
+def test_evaluated_and_predicted_networks_arrive_in_every_mode():
+    from bncourse.grading.networks import describe_arrival
+
+    evaluated = {
+        describe_arrival(c.model)
+        for layout in ("dense", "conv")
+        for c in draw_evaluate_cases(0, layout, "cpu")
+    }
+    assert len(evaluated) == 4, evaluated  # training, evaluation and both mixes
+    predicted = {describe_arrival(c.model) for c in draw_predict_cases(0, "dense", "cpu")}
+    assert len(predicted) == 2, predicted  # training, and BN frozen in training mode
+
+
+def test_the_checks_never_modify_the_cases_they_hand_over():
+    """The originals are what the caller's tensors are compared with: a run must not touch them."""
+    from bncourse.grading.train_eval import EVALUATE, PREDICT
+
+    case = draw_evaluate_cases(0, "dense", "cpu")[0]
+    before = [(x.clone(), y.clone()) for x, y in case.batches]
+    result = EVALUATE.run(functools.partial(evaluate_variant, inputs="modified"), case)
+    assert not result["batches_unchanged"]
+    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(before, case.batches, strict=True))
+    case = draw_predict_cases(0, "dense", "cpu")[0]
+    result = PREDICT.run(functools.partial(predict_variant, inputs="modified"), case)
+    assert not result["input_unchanged"] and PREDICT.run(predict_variant, case)["input_unchanged"]

@@ -483,3 +483,41 @@ def test_grading_does_not_import_the_lab():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- the situations the checks hand over ----------------------------------------------------------
+
+
+def test_probed_networks_arrive_in_training_evaluation_and_mixed_modes():
+    """A single model.train(flag) restores none of the mixed arrivals; each layout has one."""
+    from bncourse.grading.networks import describe_arrival
+
+    for layout in ("dense", "conv"):
+        modes = [describe_arrival(c.model) for c in draw_probe_cases(0, layout, "cpu")]
+        assert "in training mode" in modes
+        mixed = [m for m in modes if m not in ("in training mode", "in evaluation mode")]
+        assert mixed, modes
+    conv = [describe_arrival(c.model) for c in draw_probe_cases(0, "conv", "cpu")]
+    assert "in evaluation mode" in conv
+
+
+@pytest.mark.parametrize("layout", ["dense", "conv"])
+def test_recalibrated_networks_have_momenta_no_default_would_restore(layout):
+    for case in draw_recalibration_cases(4, layout, "cpu"):
+        momenta = [bn.momentum for bn in bn_modules(case.model)]
+        assert all(m is not None and m != nn.BatchNorm1d(1).momentum for m in momenta), momenta
+
+
+def test_the_placement_check_reads_the_drop_probability_from_the_kept_values():
+    from bncourse.grading.placement import MLP_PLACEMENT, draw_builder_cases
+
+    for case in draw_builder_cases(0, "dense", "cpu", more=True):
+        right = MLP_PLACEMENT.run(mlp_variant, case)
+        keep = MLP_PLACEMENT.run(functools.partial(mlp_variant, rate="keep"), case)
+        functional = MLP_PLACEMENT.run(MlpWithFunctionalDropout, case)
+        assert float(right["drop_probability"]) == pytest.approx(case.p, rel=1e-5)
+        assert float(keep["drop_probability"]) == pytest.approx(1 - case.p, rel=1e-5)
+        assert float(functional["drop_probability"]) == pytest.approx(case.p, rel=1e-5)
+        assert right["first_noisy_layer"] == "weight layer"
+    before_bn = MLP_PLACEMENT.run(functools.partial(mlp_variant, placement="before_bn"), case)
+    assert before_bn["first_noisy_layer"] == "BN"
