@@ -152,7 +152,7 @@ def test_the_buggy_evaluation_of_the_exercise_changes_from_call_to_call():
 def test_a_batch_of_one_in_training_mode_is_refused_by_batch_norm():
     case = draw_predict_cases(0, "dense", "cpu")[0]
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-        predict_variant(copy.deepcopy(case.model), case.calls[0], mode="train")
+        predict_variant(copy.deepcopy(case.model), case.calls[1], mode="train")
 
 
 def test_references_and_alternatives_pass_on_every_device(device):
@@ -322,3 +322,37 @@ def test_the_checks_never_modify_the_cases_they_hand_over():
     case = draw_predict_cases(0, "dense", "cpu")[0]
     result = PREDICT.run(functools.partial(predict_variant, inputs="modified"), case)
     assert not result["input_unchanged"] and PREDICT.run(predict_variant, case)["input_unchanged"]
+
+
+def predict_eval_for_one_sample(model, x):
+    """Switches to evaluation mode only where BN refused, and leaves it so."""
+    if len(x) == 1:
+        model.eval()
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def predict_eval_for_one_sample_restored(model, x):
+    flags = {m: m.training for m in model.modules()}
+    if len(x) == 1:
+        model.eval()
+    with torch.no_grad():
+        out = model(x).argmax(1)
+    for m, flag in flags.items():
+        m.train(flag)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("student", "names"),
+    [
+        (predict_eval_for_one_sample, {"eval-only-for-batch-of-one", "mode-not-restored"}),
+        (predict_eval_for_one_sample_restored, {"eval-only-for-batch-of-one"}),
+    ],
+)
+def test_evaluation_mode_for_a_batch_of_one_only_is_named_so(student, names):
+    """Not "a batch of one padded": the batch is predicted in training mode, called first."""
+    for check in CHECKS["predict"].values():
+        with pytest.raises(CheckFailure) as failure:
+            check(student, seed=3)
+        assert _named(str(failure.value)) == names, str(failure.value)

@@ -344,8 +344,8 @@ class PredictCase:
         return self
 
 
-# (layout, sample shape, width, depth, arrival mode); each network is called on three single
-# samples, then on a batch of five. One image has many values per channel, so BN in training mode
+# (layout, sample shape, width, depth, arrival mode); each network is called on a batch of five,
+# then on three single samples. One image has many values per channel, so BN in training mode
 # accepts it, and duplicating it changes nothing: "all" keeps MLPs next to the CNNs, which tell
 # the two apart. Networks without dropout have one mix of modes: BN frozen in training mode.
 _DENSE_PREDICT = (("dense", (6,), 8, 2, "train"), ("dense", (5,), 5, 3, "frozen_bn"))
@@ -377,7 +377,9 @@ def draw_predict_cases(
         ).to(device)
         (x,) = draw_inputs(gen, (8, *sample))
         x = x.to(device)
-        calls = (x[0:1], x[1:2], x[2:3], x[3:8])
+        # The batch first: a predict that switches to evaluation mode for a single sample and
+        # leaves it so would otherwise run every later batch in evaluation mode by chance.
+        calls = (x[3:8], x[0:1], x[1:2], x[2:3])
         cases.append(PredictCase(set_arrival_mode(model, mode), calls, kind))
     return cases
 
@@ -430,10 +432,11 @@ def _classes(value: object, count: int) -> Tensor:
 def _run_predict(fn: Callable[..., Any], case: PredictCase) -> Result:
     model = fresh_copy(case.model)
     before = Snapshot.of(model)
-    classes, refused = [], False
+    classes, refused, bn_eval = [], False, []
     given = [x.clone() for x in case.calls]
     with no_tf32(), ModeRecorder(model) as recorder:
         for x in given:
+            seen = len(recorder.bn_calls)
             try:
                 value = fn(model, x)
             except ValueError as error:  # BN in training mode on one value per channel
@@ -441,12 +444,14 @@ def _run_predict(fn: Callable[..., Any], case: PredictCase) -> Result:
                     raise
                 refused = True
                 classes.append(torch.full((len(x),), -1))
-                continue
-            classes.append(_classes(value, len(x)))
+            else:
+                classes.append(_classes(value, len(x)))
+            bn_eval.append(not any(training for _, training in recorder.bn_calls[seen:]))
     return {
         "classes": torch.cat(classes),
         "refused": refused,
-        "bn_eval": not recorder.bn_ran_in_training,
+        # call by call: a predict that switches modes by batch size is told apart by this
+        "bn_eval": tuple(bn_eval),
         "buffers_unchanged": before.buffers_unchanged(model),
         "mode_restored": before.modes_restored(model),
         "input_unchanged": inputs_unchanged(given, case.calls),
@@ -462,7 +467,7 @@ PREDICT = Task(
     labels={
         "classes": "predicted classes",
         "refused": "batch of one refused by BN",
-        "bn_eval": "BN on its running statistics",
+        "bn_eval": "BN on its running statistics, call by call",
         "buffers_unchanged": "BN buffers unchanged",
         "mode_restored": "train/eval flags restored",
         "input_unchanged": "the input x unchanged",
