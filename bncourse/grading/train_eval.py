@@ -434,23 +434,27 @@ def _run_predict(fn: Callable[..., Any], case: PredictCase) -> Result:
     before = Snapshot.of(model)
     classes, refused, bn_eval = [], False, []
     given = [x.clone() for x in case.calls]
-    with no_tf32(), ModeRecorder(model) as recorder:
+    with no_tf32():
         for x in given:
-            seen = len(recorder.bn_calls)
-            try:
-                value = fn(model, x)
-            except ValueError as error:  # BN in training mode on one value per channel
-                if BATCH_OF_ONE_ERROR not in str(error):
-                    raise
-                refused = True
-                classes.append(torch.full((len(x),), -1))
-            else:
-                classes.append(_classes(value, len(x)))
-            bn_eval.append(not any(training for _, training in recorder.bn_calls[seen:]))
+            # A recorder per call, on the modules the network holds now: under trusted grading a
+            # call may hand back new child modules, without the hooks of an earlier recorder.
+            refused_now = False
+            with ModeRecorder(model) as recorder:
+                try:
+                    value = fn(model, x)
+                except ValueError as error:  # BN in training mode on one value per channel
+                    if BATCH_OF_ONE_ERROR not in str(error):
+                        raise
+                    refused = refused_now = True
+                    classes.append(torch.full((len(x),), -1))
+                else:
+                    classes.append(_classes(value, len(x)))
+            # call by call, so that a predict that switches modes by batch size is told apart;
+            # a refusal is BN in training mode whether or not its hooks were seen
+            bn_eval.append(not (recorder.bn_ran_in_training or refused_now))
     return {
         "classes": torch.cat(classes),
         "refused": refused,
-        # call by call: a predict that switches modes by batch size is told apart by this
         "bn_eval": tuple(bn_eval),
         "buffers_unchanged": before.buffers_unchanged(model),
         "mode_restored": before.modes_restored(model),
