@@ -154,8 +154,8 @@ of floats per BN layer (`torch.nn.BatchNorm1d` or `BatchNorm2d`), in the order o
 `handle = bn.register_forward_pre_hook(hook)` calls `hook(module, args)` before every forward
 pass of `bn`, with the layer's input in `args[0]`. The probe must leave the network exactly as it
 found it: the same weights and buffers, the same train/eval flag on every module (the network
-may come in training mode, straight from a training loop), and no hook left behind
-(`handle.remove()`).
+may come in training mode, straight from a training loop, in evaluation mode, or with some
+modules in each), and no hook left behind (`handle.remove()`); `x` stays as it is too.
 """
 
 TRAIN_SHIFTED = """
@@ -239,7 +239,7 @@ The weights are fine; BN's statistics are not. Recompute them with the weights f
 4. give each BN layer its momentum back and leave the network in evaluation mode.
 
 Write `recalibrate_bn(model, batches)`; `batches` is a list of input tensors. It changes `model`
-in place (no return value is needed). `torch.optim.swa_utils.update_bn` looks like the same tool,
+in place (no return value is needed) and leaves the tensors of `batches` as they are. `torch.optim.swa_utils.update_bn` looks like the same tool,
 but it calls `model.train()`, which switches dropout back on: do not use it here.
 """
 

@@ -112,7 +112,9 @@ PART1_TASK = r"""
 Write `evaluate(model, batches)`, a fixed version. It returns the fraction of correctly classified
 samples (a float in $[0, 1]$) as the network would score **at test time**, gives the same answer
 every time, leaves BN's running statistics untouched, and hands the network back with every
-module in the train/eval mode it had before (the training loop continues right after it).
+module in the train/eval mode it had before (the training loop continues right after it; some
+modules may be in evaluation mode and others in training mode). The batches may differ in size
+(a data loader's last batch is usually smaller), and their tensors must come back unchanged.
 """
 
 EVALUATE_SOLUTION = '''
@@ -192,7 +194,7 @@ print("one at a time:    ", one_by_one)
 PART2_TASK = r"""
 Write `predict(model, x)`, a fixed version: the predicted class of every sample of `x`, a tensor
 of shape $(N,)$, for any $N$ including 1, computed as at test time. Like `evaluate`, it changes
-nothing in the network and gives every module its train/eval flag back.
+nothing in the network or in `x` and gives every module its train/eval flag back.
 """
 
 PREDICT_SOLUTION = '''

@@ -31,6 +31,7 @@ CHAPTERS = {
             "bn-unbiased-variance",
             "bn-eval",
             "bn-no-grad",
+            "bn-evaluation-loop",
             "bn-batch-of-one",
             "bn-whole-dataset",
         ],

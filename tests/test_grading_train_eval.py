@@ -62,17 +62,29 @@ EVALUATION = {"evaluate", "evaluate_conv"}
 PLACEMENT = {"placement", "placement_more"}
 
 # For every catalogued mutant of these tasks: the checks that must fail and name it.
+PREDICTION = {"predict", "predict_all"}
+MODES = {"modes", "modes_conv"}
 EXPECTED_FAILURES = {
     ("eval-forgotten", "evaluate"): EVALUATION,
-    ("eval-forgotten", "predict"): {"predict", "predict_all"},
+    ("eval-forgotten", "predict"): PREDICTION,
     ("dropout-on-at-test", "evaluate"): EVALUATION,
-    ("bn-train-mode-at-test", "switch=dropout_only"): EVALUATION,
-    ("bn-train-mode-at-test", "switch=bn1d_only"): {"evaluate_conv"},
-    ("batch-of-one-padded", "predict"): {"predict", "predict_all"},
-    ("mode-not-restored", "evaluate"): {"modes", "modes_conv"},
-    ("mode-not-restored", "predict"): {"predict", "predict_all"},
-    ("dropout-before-bn", "placement=before_bn"): PLACEMENT,
-    ("dropout-before-bn", "placement=before_weight"): PLACEMENT,
+    ("bn-train-mode-at-test", "evaluate:switch=dropout_only"): EVALUATION,
+    ("bn-train-mode-at-test", "evaluate:switch=bn1d_only"): {"evaluate_conv"},
+    ("accuracy-mean-of-batches", "evaluate"): EVALUATION,
+    ("batch-of-one-padded", "predict"): PREDICTION,
+    ("eval-only-for-batch-of-one", "predict"): PREDICTION,
+    ("mode-not-restored", "evaluate"): MODES,
+    ("mode-not-restored", "predict"): PREDICTION,
+    ("mode-restored-wholesale", "evaluate:restore=model_flag"): MODES,
+    ("mode-restored-wholesale", "evaluate:restore=train"): MODES,
+    ("mode-restored-wholesale", "predict:restore=model_flag"): PREDICTION,
+    ("mode-restored-wholesale", "predict:restore=train"): PREDICTION,
+    ("inputs-modified-in-place", "evaluate"): EVALUATION,
+    ("inputs-modified-in-place", "predict"): PREDICTION,
+    ("dropout-before-bn", "cnn_placement"): PLACEMENT,
+    ("dropout-through-weight-layer", "cnn_placement:placement=before_weight"): PLACEMENT,
+    ("dropout-through-weight-layer", "cnn_placement:placement=every_block"): PLACEMENT,
+    ("dropout-rate-as-keep", "cnn_placement"): PLACEMENT,
     ("dropout-removed", "cnn_placement"): PLACEMENT,
 }
 
@@ -85,7 +97,7 @@ def _mutants():
                 continue
             for flags in flag_sets:
                 label = ",".join(f"{k}={v}" for k, v in flags.items())
-                yield name, label if len(flag_sets) > 1 else task, task, flags
+                yield name, f"{task}:{label}" if len(flag_sets) > 1 else task, task, flags
 
 
 MUTANTS = list(_mutants())
@@ -140,7 +152,7 @@ def test_the_buggy_evaluation_of_the_exercise_changes_from_call_to_call():
 def test_a_batch_of_one_in_training_mode_is_refused_by_batch_norm():
     case = draw_predict_cases(0, "dense", "cpu")[0]
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-        predict_variant(copy.deepcopy(case.model), case.calls[0], mode="train")
+        predict_variant(copy.deepcopy(case.model), case.calls[1], mode="train")
 
 
 def test_references_and_alternatives_pass_on_every_device(device):
@@ -154,14 +166,15 @@ def test_references_and_alternatives_pass_on_every_device(device):
 # --- sound fixes written differently ------------------------------------------------------------
 
 
-def evaluate_whole_model_flag(model, batches):
-    """``model.train(was_training)``: enough when every module shares the model's flag."""
-    was_training = model.training
+def evaluate_weighted_batch_accuracies(model, batches):
+    """Per-batch accuracies weighted by the batch sizes, each module's flag given back."""
+    flags = {m: m.training for m in model.modules()}
     model.eval()
     with torch.inference_mode():
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-    model.train(was_training)
-    return correct / sum(len(y) for _, y in batches)
+        accuracies = [((model(x).argmax(1) == y).float().mean(), len(y)) for x, y in batches]
+    for m, flag in flags.items():
+        m.train(flag)
+    return sum(a * n for a, n in accuracies) / sum(n for _, n in accuracies)
 
 
 def evaluate_a_copy(model, batches):
@@ -221,7 +234,7 @@ def cnn_with_dropout_after_pooling_layer(in_channels, num_classes, depth, width,
 
 
 ALTERNATIVES = {
-    "evaluate": [evaluate_whole_model_flag, evaluate_a_copy],
+    "evaluate": [evaluate_weighted_batch_accuracies, evaluate_a_copy],
     "predict": [predict_per_module_flags, predict_one_sample_at_a_time],
     "cnn_placement": [CnnWithFunctionalDropout, cnn_with_dropout_after_pooling_layer],
 }
@@ -269,3 +282,77 @@ def test_delegating_to_the_course_implementation_fails_every_check(task, student
     for check in CHECKS[task].values():
         with pytest.raises(CheckFailure, match=f"called {called}"):
             check(student, seed=0)
+
+
+# --- the situations the checks hand over ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("layout", ["dense", "conv"])
+def test_evaluated_batches_differ_in_size_enough_for_the_weighting_to_show(layout, seed):
+    for case in draw_evaluate_cases(seed, layout, "cpu"):
+        assert len({len(y) for _, y in case.batches}) > 1
+        right = evaluate_variant(copy.deepcopy(case.model), case.batches)
+        per_batch = evaluate_variant(copy.deepcopy(case.model), case.batches, average="batches")
+        assert abs(right - per_batch) >= 1e-3
+
+
+def test_evaluated_and_predicted_networks_arrive_in_every_mode():
+    from bncourse.grading.networks import describe_arrival
+
+    evaluated = {
+        describe_arrival(c.model)
+        for layout in ("dense", "conv")
+        for c in draw_evaluate_cases(0, layout, "cpu")
+    }
+    assert len(evaluated) == 4, evaluated  # training, evaluation and both mixes
+    predicted = {describe_arrival(c.model) for c in draw_predict_cases(0, "dense", "cpu")}
+    assert len(predicted) == 2, predicted  # training, and BN frozen in training mode
+
+
+def test_the_checks_never_modify_the_cases_they_hand_over():
+    """The originals are what the caller's tensors are compared with: a run must not touch them."""
+    from bncourse.grading.train_eval import EVALUATE, PREDICT
+
+    case = draw_evaluate_cases(0, "dense", "cpu")[0]
+    before = [(x.clone(), y.clone()) for x, y in case.batches]
+    result = EVALUATE.run(functools.partial(evaluate_variant, inputs="modified"), case)
+    assert not result["batches_unchanged"]
+    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(before, case.batches, strict=True))
+    case = draw_predict_cases(0, "dense", "cpu")[0]
+    result = PREDICT.run(functools.partial(predict_variant, inputs="modified"), case)
+    assert not result["input_unchanged"] and PREDICT.run(predict_variant, case)["input_unchanged"]
+
+
+def predict_eval_for_one_sample(model, x):
+    """Switches to evaluation mode only where BN refused, and leaves it so."""
+    if len(x) == 1:
+        model.eval()
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def predict_eval_for_one_sample_restored(model, x):
+    flags = {m: m.training for m in model.modules()}
+    if len(x) == 1:
+        model.eval()
+    with torch.no_grad():
+        out = model(x).argmax(1)
+    for m, flag in flags.items():
+        m.train(flag)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("student", "names"),
+    [
+        (predict_eval_for_one_sample, {"eval-only-for-batch-of-one", "mode-not-restored"}),
+        (predict_eval_for_one_sample_restored, {"eval-only-for-batch-of-one"}),
+    ],
+)
+def test_evaluation_mode_for_a_batch_of_one_only_is_named_so(student, names):
+    """Not "a batch of one padded": the batch is predicted in training mode, called first."""
+    for check in CHECKS["predict"].values():
+        with pytest.raises(CheckFailure) as failure:
+            check(student, seed=3)
+        assert _named(str(failure.value)) == names, str(failure.value)

@@ -8,6 +8,7 @@ implementation is refused. The grading references agree with those of :mod:`bnco
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -70,6 +71,8 @@ EXPECTED_FAILURES = {
     ("shift-retain-drop-confused", "variance_shift"): {"shift", "shift_edge"},
     ("shift-mean-ignored", "variance_shift"): {"shift", "shift_edge"},
     ("shift-ratio-inverted", "variance_shift"): {"shift", "shift_edge"},
+    ("shift-mean-square-not-subtracted", "variance_shift"): {"shift", "shift_edge"},
+    ("shift-dropout-not-inverted", "variance_shift"): {"shift", "shift_edge"},
     ("probe-train-mode", "variance_probe"): {
         "values",
         "values_conv",
@@ -81,6 +84,10 @@ EXPECTED_FAILURES = {
     ("probe-variance-wrong-axes", "axes=batch_only"): {"values_conv"},
     ("probe-biased-variance", "variance_probe"): {"values", "values_conv"},
     ("mode-not-restored", "variance_probe"): {"side_effects", "side_effects_conv"},
+    ("mode-restored-wholesale", "restore=model_flag"): {"side_effects", "side_effects_conv"},
+    ("mode-restored-wholesale", "restore=train"): {"side_effects", "side_effects_conv"},
+    ("inputs-modified-in-place", "variance_probe"): {"side_effects", "side_effects_conv"},
+    ("inputs-modified-in-place", "bn_recalibration"): {"state", "state_conv"},
     ("hooks-not-removed", "variance_probe"): {"side_effects", "side_effects_conv"},
     ("recal-dropout-on", "bn_recalibration"): {"stats", "stats_conv"},
     ("recal-stats-not-reset", "reset=False"): {"stats", "stats_conv"},
@@ -88,8 +95,13 @@ EXPECTED_FAILURES = {
     ("recal-momentum-kept", "bn_recalibration"): {"stats", "stats_conv"},
     ("recal-bn-not-updated", "bn_recalibration"): {"stats", "stats_conv"},
     ("recal-left-in-training", "bn_recalibration"): {"state", "state_conv"},
-    ("dropout-before-bn", "placement=before_bn"): {"placement", "placement_more"},
-    ("dropout-before-bn", "placement=before_weight"): {"placement", "placement_more"},
+    ("recal-momentum-not-restored", "momentum_after=none"): {"state", "state_conv"},
+    ("recal-momentum-not-restored", "momentum_after=default"): {"state", "state_conv"},
+    ("recal-last-batch-only", "bn_recalibration"): {"stats", "stats_conv"},
+    ("dropout-before-bn", "mlp_placement"): {"placement", "placement_more"},
+    ("dropout-through-weight-layer", "placement=before_weight"): {"placement", "placement_more"},
+    ("dropout-through-weight-layer", "placement=every_block"): {"placement", "placement_more"},
+    ("dropout-rate-as-keep", "mlp_placement"): {"placement", "placement_more"},
     ("dropout-removed", "mlp_placement"): {"placement", "placement_more"},
 }
 
@@ -208,7 +220,7 @@ def probe_var_mean_in_chunks(model, x):
 
 def probe_previous_module_outputs(model, x):
     """No BN hooks: walks the Sequential, keeping what enters each BN layer, in float32."""
-    state = model.training
+    state = [(m, m.training) for m in model.modules()]
     model.eval()
     pairs = []
     with torch.no_grad():
@@ -219,8 +231,28 @@ def probe_previous_module_outputs(model, x):
                 var, _ = torch.var_mean(flat, dim=0)
                 pairs.append((layer.running_var.mean(), var.mean()))
             h = layer(h)
-    model.train(state)
+    for m, training in state:
+        m.train(training)
     return pairs
+
+
+def probe_a_copy(model, x):
+    """Hooks on a deep copy in evaluation mode: the caller's network is never touched."""
+    frozen = copy.deepcopy(model).eval()
+    bns = bn_modules(frozen)
+    seen = {}
+    handles = [
+        bn.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, args[0])) for bn in bns
+    ]
+    with torch.no_grad():
+        frozen(x)
+    for h in handles:
+        h.remove()
+    out = []
+    for bn in bns:
+        z = seen[bn].movedim(1, 0).flatten(1)
+        out.append((float(bn.running_var.mean()), float(z.var(1).mean())))
+    return out
 
 
 def recal_precise(model, batches):
@@ -264,6 +296,7 @@ def recal_momentum_one(model, batches):
 def recal_one_big_batch(model, batches):
     """All batches at once, with the buffers zeroed by hand instead of reset_running_stats()."""
     model.eval()
+    momenta = {bn: bn.momentum for bn in bn_modules(model)}
     for bn in bn_modules(model):
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0)
@@ -272,8 +305,8 @@ def recal_one_big_batch(model, batches):
         bn.train()
     with torch.no_grad():
         model(torch.cat(list(batches)))
-    for bn in bn_modules(model):
-        bn.momentum = 0.1
+    for bn, momentum in momenta.items():
+        bn.momentum = momentum
     model.eval()
 
 
@@ -296,7 +329,7 @@ class MlpWithFunctionalDropout(nn.Module):
 
 ALTERNATIVES = {
     "variance_shift": [shift_second_moment, shift_float32_tensor],
-    "variance_probe": [probe_var_mean_in_chunks, probe_previous_module_outputs],
+    "variance_probe": [probe_var_mean_in_chunks, probe_previous_module_outputs, probe_a_copy],
     "bn_recalibration": [recal_precise, recal_momentum_one, recal_one_big_batch],
     "mlp_placement": [MlpWithFunctionalDropout],
 }
@@ -450,3 +483,41 @@ def test_grading_does_not_import_the_lab():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- the situations the checks hand over ----------------------------------------------------------
+
+
+def test_probed_networks_arrive_in_training_evaluation_and_mixed_modes():
+    """A single model.train(flag) restores none of the mixed arrivals; each layout has one."""
+    from bncourse.grading.networks import describe_arrival
+
+    for layout in ("dense", "conv"):
+        modes = [describe_arrival(c.model) for c in draw_probe_cases(0, layout, "cpu")]
+        assert "in training mode" in modes
+        mixed = [m for m in modes if m not in ("in training mode", "in evaluation mode")]
+        assert mixed, modes
+    conv = [describe_arrival(c.model) for c in draw_probe_cases(0, "conv", "cpu")]
+    assert "in evaluation mode" in conv
+
+
+@pytest.mark.parametrize("layout", ["dense", "conv"])
+def test_recalibrated_networks_have_momenta_no_default_would_restore(layout):
+    for case in draw_recalibration_cases(4, layout, "cpu"):
+        momenta = [bn.momentum for bn in bn_modules(case.model)]
+        assert all(m is not None and m != nn.BatchNorm1d(1).momentum for m in momenta), momenta
+
+
+def test_the_placement_check_reads_the_drop_probability_from_the_kept_values():
+    from bncourse.grading.placement import MLP_PLACEMENT, draw_builder_cases
+
+    for case in draw_builder_cases(0, "dense", "cpu", more=True):
+        right = MLP_PLACEMENT.run(mlp_variant, case)
+        keep = MLP_PLACEMENT.run(functools.partial(mlp_variant, rate="keep"), case)
+        functional = MLP_PLACEMENT.run(MlpWithFunctionalDropout, case)
+        assert float(right["drop_probability"]) == pytest.approx(case.p, rel=1e-5)
+        assert float(keep["drop_probability"]) == pytest.approx(1 - case.p, rel=1e-5)
+        assert float(functional["drop_probability"]) == pytest.approx(case.p, rel=1e-5)
+        assert right["first_noisy_layer"] == "weight layer"
+    before_bn = MLP_PLACEMENT.run(functools.partial(mlp_variant, placement="before_bn"), case)
+    assert before_bn["first_noisy_layer"] == "BN"

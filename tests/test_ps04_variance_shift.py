@@ -88,6 +88,7 @@ EVAL = "model.eval()  # dropout off, BN on its running statistics: the network a
 HOOK = "handles = [bn.register_forward_pre_hook(remember) for bn in bns]"
 VARIANCE = "per_channel = z.transpose(0, 1).reshape(z.shape[1], -1).var(dim=1)  # unbiased"
 REMOVE = "    for handle in handles:\n        handle.remove()\n"
+MODES = "modes = {m: m.training for m in model.modules()}"
 RESTORE = "    for m, training in modes.items():\n        m.training = training\n"
 DROPOUT_OFF = "model.eval()  # dropout off"
 RESET = "    bn.reset_running_stats()\n"
@@ -111,6 +112,20 @@ MUTANTS = {
             {SHIFT},
             "shift-ratio-inverted",
             ("return var_test / var_train", "return var_train / var_test"),
+        ),
+        # E[m^2] E[x^2] without - (E[m] E[x])^2.
+        "mean-square-kept": mutant(
+            S,
+            {SHIFT},
+            "shift-mean-square-not-subtracted",
+            (VAR_TRAIN, "var_train = (mean**2 + var) / keep"),
+        ),
+        # m = a, the bare mask: E[m] = E[m^2] = keep.
+        "plain-dropout": mutant(
+            S,
+            {SHIFT},
+            "shift-dropout-not-inverted",
+            (VAR_TRAIN, "var_train = keep * (mean**2 + var) - (keep * mean) ** 2"),
         ),
     },
     P: {
@@ -139,6 +154,14 @@ MUTANTS = {
             ),
         ),
         "modes-left-in-eval": mutant(P, {PROBE_SIDE}, "mode-not-restored", (RESTORE, "")),
+        # Right for a network that arrives all in one mode; the checks also send mixed ones.
+        "one-flag-back": mutant(
+            P,
+            {PROBE_SIDE},
+            "mode-restored-wholesale",
+            (MODES, "was_training = model.training"),
+            (RESTORE, "    model.train(was_training)\n"),
+        ),
         "hooks-left": mutant(P, {PROBE_SIDE}, "hooks-not-removed", (REMOVE, "    pass\n")),
     },
     R: {
@@ -156,6 +179,25 @@ MUTANTS = {
         "no-final-eval": mutant(
             R, {RECAL_STATE}, "recal-left-in-training", (FINAL, "    bn.momentum = momentum")
         ),
+        # Right only for layers whose momentum was PyTorch's default.
+        "momentum-hard-coded": mutant(
+            R,
+            {RECAL_STATE},
+            "recal-momentum-not-restored",
+            (FINAL, "    bn.momentum = 0.1  # back to the default\nmodel.eval()"),
+        ),
+        "momentum-one": mutant(
+            R,
+            {RECAL_STATS},
+            "recal-last-batch-only",
+            (MOMENTUM, "    bn.momentum = 1.0  # the new statistics replace the old\n"),
+        ),
+        "frees-the-batches": mutant(
+            R,
+            {RECAL_STATE},
+            "inputs-modified-in-place",
+            ("        model(x)\n", "        model(x)\n        x.set_()  # release its memory\n"),
+        ),
     },
     B: {
         "dropout-before-bn": mutant(
@@ -172,7 +214,7 @@ MUTANTS = {
         "dropout-before-linear": mutant(
             B,
             {PLACEMENT},
-            "dropout-before-bn",
+            "dropout-through-weight-layer",
             (
                 BLOCK,
                 "layers += [nn.Dropout(p), nn.Linear(fan_in, width, bias=False), "
@@ -182,6 +224,20 @@ MUTANTS = {
         ),
         "dropout-dropped": mutant(
             B, {PLACEMENT}, "dropout-removed", (HEAD, "layers += [nn.Linear(width, num_classes)]")
+        ),
+        # Linear -> BN -> ReLU -> Dropout blocks: every BN but the first sees the noise.
+        "dropout-every-block": mutant(
+            B,
+            {PLACEMENT},
+            "dropout-through-weight-layer",
+            (BLOCK, BLOCK.replace("nn.ReLU()]", "nn.ReLU(), nn.Dropout(p)]")),
+            (HEAD, "layers += [nn.Linear(width, num_classes)]"),
+        ),
+        "keep-probability": mutant(
+            B,
+            {PLACEMENT},
+            "dropout-rate-as-keep",
+            (HEAD, HEAD.replace("Dropout(p)", "Dropout(1 - p)")),
         ),
     },
 }
@@ -351,6 +407,43 @@ ALTERNATIVES = {
             return nn.Sequential(nn.Flatten(), *blocks, bnn.Dropout(p), nn.Linear(width, num_classes))
             """,
     },
+}
+
+
+# Networks arriving in evaluation or mixed modes, momenta other than 0.1: handled right.
+ALTERNATIVES["a-copy-and-saved-momenta"] = {
+    P: """
+        # Probe a deep copy: the caller's network, whatever its flags, is never touched.
+        frozen = copy.deepcopy(model).eval()
+        seen = {}
+        bns = [m for m in frozen.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+        handles = [bn.register_forward_pre_hook(lambda m, a: seen.update({m: a[0]})) for bn in bns]
+        with torch.no_grad():
+            frozen(x)
+        for h in handles:
+            h.remove()
+        return [
+            (bn.running_var.mean().item(), seen[bn].movedim(1, 0).flatten(1).var(1).mean().item())
+            for bn in bns
+        ]
+        """,
+    R: """
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = {bn: bn.momentum for bn in bns}
+        try:
+            model.eval()
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None
+                bn.train()
+            with torch.no_grad():
+                for x in batches:
+                    model(x)
+        finally:
+            for bn, momentum in saved.items():
+                bn.momentum = momentum
+            model.eval()
+        """,
 }
 
 

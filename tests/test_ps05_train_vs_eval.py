@@ -85,6 +85,9 @@ HEAD = (
     "layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p), "
     "nn.Linear(width, num_classes)]"
 )
+MODES = "modes = {m: m.training for m in model.modules()}"
+COUNT = "correct += (model(x).argmax(dim=1) == y).sum().item()"
+TOTAL = "total += len(y)"
 NO_DROPOUT_HEAD = "layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]"
 
 # Every catalogued misconception of the exercise, as a student writes it, per function.
@@ -118,6 +121,32 @@ MUTANTS = {
         "never-back-to-train": mutant(
             E, {EVALUATE_MODES}, "mode-not-restored", (RESTORE, "    pass")
         ),
+        # Right for a network that arrives all in one mode; the checks also send mixed ones.
+        "one-flag-back": mutant(
+            E,
+            {EVALUATE_MODES},
+            "mode-restored-wholesale",
+            (MODES, "was_training = model.training"),
+            (RESTORE, "    model.train(was_training)"),
+        ),
+        # Right only when every batch has the same size.
+        "mean-of-batch-accuracies": mutant(
+            E,
+            {EVALUATE},
+            "accuracy-mean-of-batches",
+            (COUNT, "correct += (model(x).argmax(dim=1) == y).float().mean().item()"),
+            (TOTAL, "total += 1"),
+        ),
+        # The labels reshaped in place to compare with keepdim=True.
+        "labels-reshaped-in-place": mutant(
+            E,
+            {EVALUATE},
+            "inputs-modified-in-place",
+            (
+                COUNT,
+                "correct += (model(x).argmax(dim=1, keepdim=True) == y.unsqueeze_(1)).sum().item()",
+            ),
+        ),
     },
     P: {
         "no-eval": mutant(P, {PREDICT}, "eval-forgotten", (EVAL_P, "")),
@@ -132,6 +161,13 @@ MUTANTS = {
             "batch-of-one-padded",
         ),
         "left-in-eval": mutant(P, {PREDICT}, "mode-not-restored", (RESTORE, "    pass")),
+        # Evaluation mode only where BN refused: a batch of one.
+        "eval-for-one-only": mutant(
+            P,
+            {PREDICT},
+            "eval-only-for-batch-of-one",
+            (EVAL_P, "if len(x) == 1:\n    model.eval()  # BN refuses a batch of one in training"),
+        ),
     },
     C: {
         # The colleague's version.
@@ -148,7 +184,7 @@ MUTANTS = {
         "dropout-before-conv": mutant(
             C,
             {MAKE_CNN},
-            "dropout-before-bn",
+            "dropout-through-weight-layer",
             (
                 BLOCK,
                 "layers += [nn.Dropout(p), conv, nn.BatchNorm2d(width), nn.ReLU()]",
@@ -156,6 +192,20 @@ MUTANTS = {
             (HEAD, NO_DROPOUT_HEAD),
         ),
         "dropout-dropped": mutant(C, {MAKE_CNN}, "dropout-removed", (HEAD, NO_DROPOUT_HEAD)),
+        # Conv -> BN -> ReLU -> Dropout blocks: every BN but the first sees the noise.
+        "dropout-every-block": mutant(
+            C,
+            {MAKE_CNN},
+            "dropout-through-weight-layer",
+            (BLOCK, "layers += [conv, nn.BatchNorm2d(width), nn.ReLU(), nn.Dropout(p)]"),
+            (HEAD, NO_DROPOUT_HEAD),
+        ),
+        "keep-probability": mutant(
+            C,
+            {MAKE_CNN},
+            "dropout-rate-as-keep",
+            (HEAD, HEAD.replace("Dropout(p)", "Dropout(1 - p)")),
+        ),
     },
 }
 
@@ -185,14 +235,16 @@ DELEGATIONS = {
 }
 
 ALTERNATIVES = {
-    "model-flag-and-inference-mode": {
+    "weighted-batches-and-inference-mode": {
         E: """
-            was_training = model.training  # every module shares the model's flag here
+            # Per-batch accuracies weighted by the batch sizes; each module's own flag back.
+            flags = [(m, m.training) for m in model.modules()]
             model.eval()
             with torch.inference_mode():
-                correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-            model.train(was_training)
-            return correct / sum(len(y) for _, y in batches)
+                scored = [((model(x).argmax(1) == y).float().mean(), len(y)) for x, y in batches]
+            for m, flag in flags:
+                m.train(flag)
+            return float(sum(a * n for a, n in scored) / sum(n for _, n in scored))
             """,
         P: """
             flags = [(m, m.training) for m in model.modules()]

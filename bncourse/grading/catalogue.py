@@ -504,6 +504,34 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={"variance_shift": ({"ratio": "train_over_test"},)},
     ),
     Misconception(
+        name="shift-mean-square-not-subtracted",
+        title="(E[m] E[x])^2 left out of the training-time variance",
+        feedback=(
+            "A variance is the second moment minus the squared mean: Var[m x] = E[m^2] E[x^2] - "
+            "(E[m] E[x])^2. With inverted dropout E[m] = 1 and E[m^2] = 1 / (1 - p), so "
+            "Var_train = (c^2 + v) / (1 - p) - c^2. Stopping at E[m^2] E[x^2] = (c^2 + v) / "
+            "(1 - p) counts the squared mean c^2 as variance: right only for zero-mean input, "
+            "and too small a shift as soon as the mean is not zero."
+        ),
+        page="variance_shift_theory",
+        anchor="vs-before-bn",
+        mutants={"variance_shift": ({"mean_term": "not_subtracted"},)},
+    ),
+    Misconception(
+        name="shift-dropout-not-inverted",
+        title="the variance shift of dropout without the 1/(1 - p) scaling",
+        feedback=(
+            "PyTorch's dropout is inverted: the multiplier is m = a / (1 - p) with a ~ "
+            "Bernoulli(1 - p), so E[m] = 1 and E[m^2] = 1 / (1 - p), and at test time the unit "
+            "passes unchanged. Taking m = a, the bare mask (E[m] = E[m^2] = 1 - p), describes a "
+            "dropout that shrinks its input in training, whose training-time variance is "
+            "(1 - p)(c^2 + v) - (1 - p)^2 c^2 and whose 'shift' is above 1."
+        ),
+        page="variance_shift_theory",
+        anchor="vs-before-bn",
+        mutants={"variance_shift": ({"dropout": "plain"},)},
+    ),
+    Misconception(
         name="probe-train-mode",
         title="the probe measures in training mode",
         feedback=(
@@ -562,9 +590,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         feedback=(
             "A helper that calls model.eval() changes the caller's model. Remember the flags "
             "first (modes = {m: m.training for m in model.modules()}) and put them back before "
-            "returning (for m, t in modes.items(): m.train(t)), or call model.train(was_training) "
-            "when every module shared one mode. Otherwise the training loop that called the "
-            "helper continues with dropout switched off and BN frozen."
+            "returning (for m, t in modes.items(): m.train(t)). Otherwise the training loop that "
+            "called the helper continues with dropout switched off and BN frozen."
         ),
         page="batchnorm",
         anchor="bn-no-grad",
@@ -572,6 +599,44 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "variance_probe": ({"restore": False},),
             "evaluate": ({"restore": False},),
             "predict": ({"restore": False},),
+        },
+    ),
+    Misconception(
+        name="mode-restored-wholesale",
+        title="train/eval flags restored with one flag for the whole network",
+        feedback=(
+            "model.train(was_training) and model.train() set EVERY module to one flag, but a "
+            "network can arrive with mixed flags: BN layers frozen in evaluation mode while the "
+            "rest fine-tunes, or dropout left on in an evaluation-mode network for Monte Carlo "
+            "dropout, or the whole network in evaluation mode. Remember each module's own flag "
+            "(modes = {m: m.training for m in model.modules()}) and give each its flag back "
+            "(for m, t in modes.items(): m.train(t)), in a finally block."
+        ),
+        page="batchnorm",
+        anchor="bn-evaluation-loop",
+        mutants={
+            "variance_probe": ({"restore": "model_flag"}, {"restore": "train"}),
+            "evaluate": ({"restore": "model_flag"}, {"restore": "train"}),
+            "predict": ({"restore": "model_flag"}, {"restore": "train"}),
+        },
+    ),
+    Misconception(
+        name="inputs-modified-in-place",
+        title="the caller's input tensors changed in place",
+        feedback=(
+            "The tensors a function is given belong to the caller, who may use them again (the "
+            "next epoch, the next measurement). In-place operations, the methods ending in an "
+            "underscore (x.sub_(...), x.clamp_(...), x.zero_()), augmented assignments "
+            "(x -= m, x /= s) and slice assignments (x[...] = ...), write into the caller's "
+            "tensor. Compute on new tensors instead (x = x - m), or on x.clone()."
+        ),
+        page="batchnorm",
+        anchor="bn-evaluation-loop",
+        mutants={
+            "variance_probe": ({"inputs": "modified"},),
+            "bn_recalibration": ({"inputs": "modified"},),
+            "evaluate": ({"inputs": "modified"},),
+            "predict": ({"inputs": "modified"},),
         },
     ),
     Misconception(
@@ -627,6 +692,35 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={"bn_recalibration": ({"momentum": "kept"},)},
     ),
     Misconception(
+        name="recal-momentum-not-restored",
+        title="BN momentum not given back after recalibration",
+        feedback=(
+            "Recalibration sets bn.momentum = None for its pass; afterwards every BN layer must "
+            "get back the momentum it had, which is not always PyTorch's default 0.1. Save the "
+            "values first (momenta = [bn.momentum for bn in bns]) and write them back. A layer "
+            "left at None keeps a cumulative average over everything it sees once training "
+            "resumes, and a hard-coded 0.1 silently changes the model's hyperparameters."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={
+            "bn_recalibration": ({"momentum_after": "none"}, {"momentum_after": "default"}),
+        },
+    ),
+    Misconception(
+        name="recal-last-batch-only",
+        title="BN recalibrated from the last batch only",
+        feedback=(
+            "The recalibrated statistics must average over ALL the batches: with bn.momentum = "
+            "None, BN keeps a cumulative average, each batch weighted equally. A momentum of 1, "
+            "or a forward pass outside the loop over the batches, leaves the statistics of the "
+            "last batch alone, a noisy estimate from a fraction of the data."
+        ),
+        page="variance_shift_remedies",
+        anchor="vs-recalibration",
+        mutants={"bn_recalibration": ({"use": "last"},)},
+    ),
+    Misconception(
         name="recal-bn-not-updated",
         title="BN layers left in evaluation mode during recalibration",
         feedback=(
@@ -655,15 +749,50 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         title="dropout noise reaches a BN layer",
         feedback=(
             "A BN layer that sees dropout noise during training learns a running variance that "
-            "is larger than what it sees at test time (the variance shift), whether dropout sits "
-            "directly before it or before the weight layer that feeds it. Put dropout after the "
+            "is larger than what it sees at test time (the variance shift). Put dropout after the "
             "last BN layer, right before the classifier: no BN layer then sees its noise."
         ),
         page="variance_shift_remedies",
         anchor="vs-remedies",
         mutants={
-            "mlp_placement": ({"placement": "before_bn"}, {"placement": "before_weight"}),
-            "cnn_placement": ({"placement": "before_bn"}, {"placement": "before_weight"}),
+            "mlp_placement": ({"placement": "before_bn"},),
+            "cnn_placement": ({"placement": "before_bn"},),
+        },
+    ),
+    Misconception(
+        name="dropout-through-weight-layer",
+        title="dropout noise reaches BN through the layer in between",
+        feedback=(
+            "A Linear or Conv layer between dropout and BN does not filter the noise out: each "
+            "of its outputs is a weighted sum of dropped and rescaled units, so BN's input still "
+            "has a larger variance in training than at test time. The shift is smaller than with "
+            "dropout directly before BN, but it is there. This happens with dropout before every "
+            "weight layer, and with Linear -> BN -> ReLU -> Dropout blocks, where every BN layer "
+            "but the first sees the previous block's dropout. Keep one dropout, after the last "
+            "BN layer, right before the classifier."
+        ),
+        page="variance_shift_theory",
+        anchor="vs-weight-layer",
+        mutants={
+            "mlp_placement": ({"placement": "before_weight"}, {"placement": "every_block"}),
+            "cnn_placement": ({"placement": "before_weight"}, {"placement": "every_block"}),
+        },
+    ),
+    Misconception(
+        name="dropout-rate-as-keep",
+        title="the dropout layer built with the keep probability",
+        feedback=(
+            "torch.nn.Dropout(p) takes the probability of DROPPING a unit, as the builder's "
+            "argument p does: Dropout(p), not Dropout(1 - p). The papers write p for the "
+            "probability of keeping a unit; mixing the two conventions drops 1 - p of the units "
+            "and scales the kept ones by 1/p. The check reads the rate from the scale of the "
+            "kept values."
+        ),
+        page="dropout",
+        anchor="do-mask",
+        mutants={
+            "mlp_placement": ({"rate": "keep"},),
+            "cnn_placement": ({"rate": "keep"},),
         },
     ),
     Misconception(
@@ -951,6 +1080,20 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={"evaluate": ({"switch": "dropout_only"}, {"switch": "bn1d_only"})},
     ),
     Misconception(
+        name="accuracy-mean-of-batches",
+        title="accuracy averaged over batches instead of samples",
+        feedback=(
+            "The accuracy is the number of correctly classified samples divided by the number "
+            "of samples. The mean of the per-batch accuracies equals it only when every batch "
+            "has the same size; a data loader's last batch is usually smaller, and each of its "
+            "samples then weighs more. Sum the correct predictions and the batch sizes "
+            "(len(y)) over the batches and divide once at the end."
+        ),
+        page="batchnorm",
+        anchor="bn-evaluation-loop",
+        mutants={"evaluate": ({"average": "batches"},)},
+    ),
+    Misconception(
         name="batch-of-one-padded",
         title="a batch of one padded in training mode",
         feedback=(
@@ -963,5 +1106,20 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         page="batchnorm",
         anchor="bn-batch-of-one",
         mutants={"predict": ({"mode": "train", "duplicate": True},)},
+    ),
+    Misconception(
+        name="eval-only-for-batch-of-one",
+        title="evaluation mode only for a batch of one",
+        feedback=(
+            "Switching to model.eval() only when BN refuses a batch of one silences the error "
+            "but leaves every larger batch predicted in training mode: BN normalizes it with its "
+            "own statistics (a prediction depends on the other samples of the batch), the "
+            "running statistics are overwritten with test data, and dropout stays on. "
+            "Prediction is test time for every batch size: call model.eval() always, and give "
+            "the flags back afterwards."
+        ),
+        page="batchnorm",
+        anchor="bn-batch-of-one",
+        mutants={"predict": ({"mode": "eval_if_one"},)},
     ),
 )

@@ -28,17 +28,23 @@ from torch import Tensor, nn
 from bncourse import nn as bnn
 
 __all__ = [
+    "ARRIVAL_MODES",
     "BN_TYPES",
     "NOISE_TYPES",
     "ModeRecorder",
     "Snapshot",
     "bn_modules",
+    "describe_arrival",
     "draw_network",
     "fresh_copy",
     "describe_part",
     "draw_inputs",
+    "inputs_unchanged",
     "noise_modules",
     "no_tf32",
+    "remember_modes",
+    "restore_modes",
+    "set_arrival_mode",
     "uniform",
 ]
 
@@ -143,6 +149,65 @@ def draw_network(
         head.bias.copy_(0.1 * torch.randn(num_classes, generator=gen))
     layers.append(head)
     return nn.Sequential(*layers)
+
+
+#: How a network may arrive at a function that takes it: all in training mode (between two epochs),
+#: all in evaluation mode, in training mode with frozen BN layers (fine-tuning), or in evaluation
+#: mode with dropout on (Monte Carlo dropout). The last two are mixed: no single flag restores them.
+ARRIVAL_MODES = ("train", "eval", "frozen_bn", "mc_dropout")
+
+
+def set_arrival_mode(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` with the train/eval flags of arrival ``mode`` (one of :data:`ARRIVAL_MODES`)."""
+    if mode not in ARRIVAL_MODES:
+        raise ValueError(f"mode must be one of {ARRIVAL_MODES}, got {mode!r}")
+    model.train(mode in ("train", "frozen_bn"))
+    if mode == "frozen_bn":
+        for bn in bn_modules(model):
+            bn.eval()
+    if mode == "mc_dropout":
+        for m in noise_modules(model):
+            m.train()
+    return model
+
+
+def describe_arrival(model: nn.Module) -> str:
+    """How ``model`` is handed over: "in training mode", "in evaluation mode" or the mix."""
+    flags = [m.training for m in model.modules()]
+    if all(flags):
+        return "in training mode"
+    if not any(flags):
+        return "in evaluation mode"
+    if model.training:
+        return "in training mode with its BN layers frozen (evaluation mode)"
+    return "in evaluation mode with its dropout on (training mode)"
+
+
+def remember_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    """The train/eval flag of every module of ``model``."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_modes(model: nn.Module, modes: dict[nn.Module, bool], how: object = True) -> None:
+    """Put the flags back as a function may: ``True`` or "per_module" (right), ``False`` (not at
+    all), "model_flag" (``model.train(was_training)``, one flag for every module) or "train"
+    (``model.train()``, as if the network always came in training mode)."""
+    if how is True or how == "per_module":
+        for module, training in modes.items():
+            module.training = training
+    elif how == "model_flag":
+        model.train(modes[model])
+    elif how == "train":
+        model.train()
+    elif how is not False:
+        raise ValueError(f"restore: unknown value {how!r}")
+
+
+def inputs_unchanged(given: Sequence[Tensor], originals: Sequence[Tensor]) -> bool:
+    """Whether the tensors handed to a function still equal the caller's (shape and values)."""
+    return len(given) == len(originals) and all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in zip(given, originals, strict=True)
+    )
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

@@ -14,7 +14,11 @@ with its BN layers in evaluation mode (so that nothing depends on the batch) and
 in training mode, then run the same input in evaluation mode, and compare what every BN layer
 receives (the same both times when no dropout acts before it, so there is no variance shift) and
 what comes out (different: dropout, which zeroes and rescales, is active in training). They also
-check the number of BN layers, the output shape, and that evaluation mode is deterministic.
+check the number of BN layers, the output shape, that evaluation mode is deterministic, and the
+drop probability: the first weight or BN layer whose input differs between the two runs receives
+the dropout's output, whose kept values are the evaluation-mode values times exactly
+1 / (1 - p), whatever the mask (so ``Dropout(1 - p)`` is told apart without statistics, and a
+dropout written with ``torch.nn.functional.dropout`` is measured like a layer).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from bncourse.grading.engine import (
     resolve_device,
     run_check,
 )
-from bncourse.grading.networks import bn_modules, no_tf32
+from bncourse.grading.networks import BN_TYPES, bn_modules, no_tf32
 
 __all__ = [
     "CNN_PLACEMENT",
@@ -105,21 +109,60 @@ def draw_builder_cases(
     return cases
 
 
-def _inputs_and_outputs(model: nn.Module, x: Tensor, seed: int) -> tuple[list[Tensor], Tensor]:
-    """What every BN layer receives and what the network returns, for one draw of the noise."""
-    captured: list[Tensor] = []
+#: Layers whose input the drop probability is read from: weight layers and BN layers.
+_WATCHED = (nn.Linear, nn.modules.conv._ConvNd, *BN_TYPES)
+
+
+@dataclass
+class _Run:
+    """One forward pass: what every BN layer and every watched layer received, and the output."""
+
+    bn_inputs: list[Tensor]
+    layer_inputs: list[tuple[str, Tensor]]  # ("BN" or "weight layer", input), in call order
+    out: Tensor
+
+
+def _forward(model: nn.Module, x: Tensor, seed: int) -> _Run:
+    """Run ``model`` on ``x`` for one draw of the noise, recording the watched layers' inputs."""
+    run = _Run([], [], x)
+    bns = set(bn_modules(model))
+
+    def record(module: nn.Module, args: tuple) -> None:
+        value = args[0].detach().clone()
+        run.layer_inputs.append(("BN" if module in bns else "weight layer", value))
+        if module in bns:
+            run.bn_inputs.append(value)
+
     handles = [
-        bn.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach().clone()))
-        for bn in bn_modules(model)
+        m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, _WATCHED)
     ]
     try:
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = model(x)
+            run.out = model(x)
     finally:
         for h in handles:
             h.remove()
-    return captured, out
+    return run
+
+
+def _first_noisy_input(train: _Run, evaluation: _Run) -> tuple[str, Tensor]:
+    """The first watched layer whose input changes with the mode ("BN", "weight layer" or
+    "none"), and the ``p`` of the dropout that feeds it: 1 - 1 / (the ratio of its kept values),
+    NaN where there is none (or nothing was kept)."""
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    pairs = zip(train.layer_inputs, evaluation.layer_inputs, strict=False)
+    for (kind, a), (_, b) in pairs:
+        if a.shape != b.shape:
+            return kind, nan
+        if torch.equal(a, b):
+            continue
+        kept = (a != 0) & (b != 0)
+        if not kept.any():
+            return kind, nan
+        scale = (a[kept].double() / b[kept].double()).median()
+        return kind, (1 - 1 / scale).cpu()
+    return "none", nan
 
 
 def _same(a: list[Tensor], b: list[Tensor]) -> bool:
@@ -149,16 +192,19 @@ def _run_builder(fn: Callable[..., Any], case: BuilderCase, function_name: str) 
         # Inverted dropout both zeroes and rescales (by 1 / (1 - p)) in training mode, so any
         # dropout upstream changes what a layer receives compared with evaluation mode, whatever
         # the mask drawn: the comparison does not depend on luck, even for p = 0.05.
-        bn_in_train, out_train = _inputs_and_outputs(model, case.x, 1)
+        train = _forward(model, case.x, 1)
         model.eval()
-        bn_in_eval, out_eval = _inputs_and_outputs(model, case.x, 2)
-        _, out_eval_again = _inputs_and_outputs(model, case.x, 3)
+        evaluation = _forward(model, case.x, 2)
+        again = _forward(model, case.x, 3)
+    first_noisy, drop_probability = _first_noisy_input(train, evaluation)
     return {
-        "output_shape": tuple(out_eval.shape),
+        "output_shape": tuple(evaluation.out.shape),
         "bn_count": len(bn_modules(model)),
-        "bn_inputs_noise_free": _same(bn_in_train, bn_in_eval),
-        "noisy_in_training": not torch.equal(out_train, out_eval),
-        "deterministic_in_eval": torch.equal(out_eval, out_eval_again),
+        "bn_inputs_noise_free": _same(train.bn_inputs, evaluation.bn_inputs),
+        "noisy_in_training": not torch.equal(train.out, evaluation.out),
+        "deterministic_in_eval": torch.equal(evaluation.out, again.out),
+        "first_noisy_layer": first_noisy,
+        "drop_probability": drop_probability,
     }
 
 
@@ -176,22 +222,24 @@ def _variant(
     width: int,
     p: float,
     placement: str,
+    rate: str,
 ) -> nn.Sequential:
+    drop = p if rate == "drop" else 1 - p
     layers: list[nn.Module] = []
     fan_in = in_channels
-    for _ in range(depth):
+    for i in range(depth):
         weight, bn = _block(layout, fan_in, width)
-        if placement == "before_weight":
-            layers.append(nn.Dropout(p))
+        if placement == "before_weight" or (placement == "every_block" and i > 0):
+            layers.append(nn.Dropout(drop))
         layers.append(weight)
         if placement == "before_bn":
-            layers.append(nn.Dropout(p))
+            layers.append(nn.Dropout(drop))
         layers += [bn, nn.ReLU()]
         fan_in = width
     if layout == "conv":
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    if placement == "after_bn":
-        layers.append(nn.Dropout(p))
+    if placement in ("after_bn", "every_block"):
+        layers.append(nn.Dropout(drop))
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
@@ -204,13 +252,17 @@ def mlp_variant(
     p: float,
     *,
     placement: str = "after_bn",
+    rate: str = "drop",
 ) -> nn.Sequential:
     """The MLP builder with the student's signature and a choice of dropout placement.
 
     ``placement``: "after_bn" (right: one dropout before the classifier), "before_bn" (dropout
-    directly before every BN), "before_weight" (dropout before every linear layer), "none".
+    directly before every BN), "before_weight" (dropout before every linear layer),
+    "every_block" (``Linear -> BN -> ReLU -> Dropout`` blocks: the noise reaches every BN but the
+    first through a linear layer), "none". ``rate``: "drop" (right: ``Dropout(p)``) or "keep"
+    (``Dropout(1 - p)``).
     """
-    return _variant("dense", in_features, num_classes, depth, width, p, placement)
+    return _variant("dense", in_features, num_classes, depth, width, p, placement, rate)
 
 
 def cnn_variant(
@@ -221,9 +273,10 @@ def cnn_variant(
     p: float,
     *,
     placement: str = "after_bn",
+    rate: str = "drop",
 ) -> nn.Sequential:
-    """The CNN builder with the student's signature and a choice of dropout placement."""
-    return _variant("conv", in_channels, num_classes, depth, width, p, placement)
+    """The CNN builder with the student's signature and the choices of :func:`mlp_variant`."""
+    return _variant("conv", in_channels, num_classes, depth, width, p, placement, rate)
 
 
 _LABELS = {
@@ -232,6 +285,8 @@ _LABELS = {
     "bn_inputs_noise_free": "BN inputs free of dropout noise",
     "noisy_in_training": "dropout active in training mode",
     "deterministic_in_eval": "deterministic output in evaluation mode",
+    "first_noisy_layer": "first layer the dropout noise reaches",
+    "drop_probability": "drop probability of the dropout",
 }
 _QUANTITIES = list(_LABELS)
 

@@ -8,7 +8,9 @@ hooks are left as they were.
 
 The checks build small networks with dropout before every BN layer
 (:mod:`bncourse.grading.networks`), hand each run a fresh copy in training mode (as a training
-loop leaves it) and observe in which mode its dropout and BN layers ran. A probe that ran them in
+loop leaves it), in evaluation mode or in a mix of the two (BN frozen during fine-tuning, dropout
+on for Monte Carlo dropout), and observe in which mode its dropout and BN layers ran. The input
+``x`` handed over must come back unchanged. A probe that ran them in
 training mode measured random numbers: its variances are reported as NaN, so that the mutant with
 the same mistake, which does the same, is recognised. The reference is written here against the
 exercise's signature; ``tests/test_grading_variance_shift.py`` checks it against
@@ -29,11 +31,16 @@ from bncourse.grading.networks import (
     ModeRecorder,
     Snapshot,
     bn_modules,
+    describe_arrival,
     describe_part,
     draw_inputs,
     draw_network,
     fresh_copy,
+    inputs_unchanged,
     no_tf32,
+    remember_modes,
+    restore_modes,
+    set_arrival_mode,
 )
 
 __all__ = [
@@ -60,7 +67,7 @@ def _channel_variance(x: Tensor, axes: str = "channel", unbiased: bool = True) -
 
 @dataclass(frozen=True)
 class ProbeCase:
-    """A network (in training mode, as a training loop leaves it) and the data to probe it on."""
+    """A network (in the train/eval mode it is handed over in) and the data to probe it on."""
 
     model: nn.Module
     x: Tensor
@@ -73,36 +80,42 @@ class ProbeCase:
     def describe(self) -> str:
         kind = "an MLP" if self.layout == "dense" else "a CNN"
         return (
-            f"{kind} with {len(bn_modules(self.model))} BN layers and dropout before each, "
-            f"input of shape {tuple(self.x.shape)}"
+            f"{kind} with {len(bn_modules(self.model))} BN layers and dropout before each, given "
+            f"{describe_arrival(self.model)}, input of shape {tuple(self.x.shape)}"
         )
 
     def exact(self) -> ProbeCase:
         return self  # the reference probe computes in float64 from what the network gives
 
 
-# (layout, input shape, width, depth). Few values per channel, so that n / (n - 1) shows.
+# (layout, input shape, width, depth, arrival mode). Few values per channel, so that n / (n - 1)
+# shows. Each layout has a network in training mode (as a training loop leaves it) and one whose
+# flags no single model.train(flag) restores; the CNNs add one in evaluation mode.
 PROBE_SPECS = {
-    "dense": (("dense", (40, 6), 5, 3), ("dense", (24, 4), 7, 2)),
-    "conv": (("conv", (6, 2, 5, 5), 3, 2), ("conv", (3, 3, 4, 4), 4, 2)),
+    "dense": (("dense", (40, 6), 5, 3, "train"), ("dense", (24, 4), 7, 2, "mc_dropout")),
+    "conv": (
+        ("conv", (6, 2, 5, 5), 3, 2, "frozen_bn"),
+        ("conv", (3, 3, 4, 4), 4, 2, "eval"),
+        ("conv", (4, 2, 4, 4), 3, 2, "train"),
+    ),
 }
 
 
 def draw_probe_cases(
     seed: int, layout: str = "dense", device: torch.device | str | None = None
 ) -> list[ProbeCase]:
-    """Networks with dropout (p = 0.3) before every BN, in training mode, and their inputs."""
+    """Networks with dropout (p = 0.3) before every BN, in their arrival modes, and inputs."""
     if layout not in PROBE_SPECS:
         raise ValueError(f"layout must be 'dense' or 'conv', got {layout!r}")
     device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     cases = []
-    for kind, shape, width, depth in PROBE_SPECS[layout]:
+    for kind, shape, width, depth, mode in PROBE_SPECS[layout]:
         model = draw_network(
             gen, layout=kind, in_channels=shape[1], width=width, depth=depth, num_classes=3
         )
         (x,) = draw_inputs(gen, shape)
-        cases.append(ProbeCase(model.to(device).train(), x.to(device), kind))
+        cases.append(ProbeCase(set_arrival_mode(model.to(device), mode), x.to(device), kind))
     return cases
 
 
@@ -114,16 +127,18 @@ def probe_variant(
     where: str = "input",
     axes: str = "channel",
     unbiased: bool = True,
-    restore: bool = True,
+    restore: object = True,
     remove_hooks: bool = True,
+    inputs: str = "kept",
 ) -> list[tuple[float, float]]:
     """The probe with the student's signature and optional catalogued mistakes.
 
     ``mode``: "eval" (right) or "given" (runs the network in whatever mode it came in).
     ``where``: "input" (right: a forward pre-hook sees BN's input) or "output" (BN's output).
     ``axes``: "channel", "batch_only" (per position, for conv input) or "all" (channels pooled).
-    ``unbiased``: the variance's convention. ``restore``: put the train/eval flags back.
-    ``remove_hooks``: remove the hooks afterwards.
+    ``unbiased``: the variance's convention. ``restore``: how the train/eval flags are put back
+    (see :func:`~bncourse.grading.networks.restore_modes`). ``remove_hooks``: remove the hooks
+    afterwards. ``inputs``: "kept" (right) or "modified" (``x`` changed in place afterwards).
     """
     bns = bn_modules(model)
     moving = [float(bn.running_var.double().mean()) for bn in bns]
@@ -135,7 +150,7 @@ def probe_variant(
         else:
             hook = bn.register_forward_hook(lambda m, args, out, s=store: s.append(out.detach()))
         handles.append(hook)
-    modes = {m: m.training for m in model.modules()}
+    modes = remember_modes(model)
     if mode == "eval":
         model.eval()
     with torch.no_grad():
@@ -143,10 +158,10 @@ def probe_variant(
     if remove_hooks:
         for h in handles:
             h.remove()
-    if restore:
-        for m, training in modes.items():
-            m.training = training
+    restore_modes(model, modes, restore)
     real = [_channel_variance(torch.cat(store), axes, unbiased) for store in captured]
+    if inputs == "modified":
+        x.sub_(x.mean(0, keepdim=True))
     return list(zip(moving, real, strict=True))
 
 
@@ -171,8 +186,9 @@ def _pairs(value: object, count: int, function_name: str) -> Tensor:
 def _run_probe(fn: Callable[..., Any], case: ProbeCase) -> Result:
     model = fresh_copy(case.model)
     before = Snapshot.of(model)
+    x = case.x.clone()
     with no_tf32(), ModeRecorder(model) as recorder:
-        value = fn(model, case.x.clone())
+        value = fn(model, x)
     count = len(bn_modules(model))
     pairs = _pairs(value, count, PROBE.function_name)
     eval_mode = recorder.ran and not (
@@ -187,6 +203,7 @@ def _run_probe(fn: Callable[..., Any], case: ProbeCase) -> Result:
         "modes_restored": before.modes_restored(model),
         "hooks_removed": before.hooks_removed(model),
         "model_unchanged": before.weights_unchanged(model) and before.buffers_unchanged(model),
+        "input_unchanged": inputs_unchanged([x], [case.x]),
     }
 
 
@@ -203,6 +220,7 @@ PROBE = Task(
         "modes_restored": "train/eval flags restored",
         "hooks_removed": "hooks removed",
         "model_unchanged": "weights and buffers unchanged",
+        "input_unchanged": "the input x unchanged",
     },
     guard={"torch_layers": False, "references": ("bncourse.lab.probes",)},
 )
@@ -236,7 +254,8 @@ def check_probe_side_effects(
     device: torch.device | str | None = None,
     seed: int | None = None,
 ) -> None:
-    """What ``probe_variance_shift`` leaves behind: flags, hooks, weights and buffers as found."""
+    """What ``probe_variance_shift`` leaves behind: flags, hooks, weights, buffers and ``x`` as
+    found."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
     cases = draw_probe_cases(seed, layout, device)
@@ -244,7 +263,7 @@ def check_probe_side_effects(
         PROBE,
         fn,
         cases,
-        ["modes_restored", "hooks_removed", "model_unchanged"],
+        ["modes_restored", "hooks_removed", "model_unchanged", "input_unchanged"],
         seed=seed,
         what=describe_part(layout, "the network after probing"),
     )

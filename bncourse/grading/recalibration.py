@@ -1,12 +1,13 @@
 """Checks of BN recalibration written by students (assignment ps04_variance_shift, part 3).
 
 ``recalibrate_bn(model, batches) -> None`` recomputes every BN layer's running statistics from
-``batches`` (a list of input tensors) with dropout OFF and the weights frozen, and leaves the model
-in evaluation mode.
+``batches`` (a list of input tensors) with dropout OFF and the weights frozen, gives every BN layer
+its momentum back, leaves the model in evaluation mode and the caller's batches unchanged.
 
 The checks build small networks with dropout before every BN layer whose running statistics are
-those of training with dropout on (:mod:`bncourse.grading.networks`), hand each run a fresh copy
-and observe in which mode its dropout layers ran. Statistics gathered with dropout on are random:
+those of training with dropout on (:mod:`bncourse.grading.networks`) and whose BN momenta are
+drawn (never PyTorch's default 0.1), hand each run a fresh copy and observe in which mode its
+dropout layers ran. Statistics gathered with dropout on are random:
 they are reported as NaN, so that the mutant with the same mistake (``model.train()``, as
 ``torch.optim.swa_utils.update_bn`` does) is recognised. The reference is written here against the
 exercise's signature; ``tests/test_grading_variance_shift.py`` checks it against
@@ -32,6 +33,7 @@ from bncourse.grading.networks import (
     draw_inputs,
     draw_network,
     fresh_copy,
+    inputs_unchanged,
     no_tf32,
     uniform,
 )
@@ -75,10 +77,12 @@ RECALIBRATION_SPECS = {
     "dense": (
         ("dense", (64, 6), 4, 6, 3, "eval"),
         ("dense", (64, 5), 3, 4, 2, "train"),
+        ("dense", (32, 4), 5, 10, 2, "train"),
     ),
     "conv": (
         ("conv", (8, 2, 5, 5), 4, 4, 2, "train"),
         ("conv", (6, 3, 4, 4), 3, 3, 2, "eval"),
+        ("conv", (4, 2, 4, 4), 5, 8, 2, "eval"),
     ),
 }
 
@@ -103,6 +107,8 @@ def draw_recalibration_cases(
         with no_tf32():
             recalibrate_variant(target, batches)
         for bn, right in zip(bn_modules(model), bn_modules(target), strict=True):
+            # A momentum of 0.1 written back by hand would pass as restored: draw another one.
+            bn.momentum = round(float(uniform(gen, 0.02, 0.08, 1)), 4)
             n = bn.num_features
             sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(device)
             std = right.running_var.sqrt()
@@ -124,6 +130,9 @@ def recalibrate_variant(
     momentum: str = "none",
     bn_mode: str = "train",
     final: str = "eval",
+    use: str = "all",
+    momentum_after: str = "restored",
+    inputs: str = "kept",
 ) -> None:
     """BN recalibration with the student's signature and optional catalogued mistakes.
 
@@ -132,6 +141,9 @@ def recalibrate_variant(
     ``momentum``: "none" (a cumulative average over the batches) or "kept" (the layers' own
     exponential average). ``bn_mode``: "train" (BN layers update their statistics) or "eval"
     (nothing is updated). ``final``: "eval" (right) or "as_left" (BN layers stay in training mode).
+    ``use``: "all" (right) or "last" (the statistics of the last batch only, as with momentum 1).
+    ``momentum_after``: "restored" (right), "none" (left at None) or "default" (set to 0.1).
+    ``inputs``: "kept" (right) or "modified" (the batches changed in place afterwards).
     """
     bns = bn_modules(model)
     momenta = [bn.momentum for bn in bns]
@@ -143,19 +155,27 @@ def recalibrate_variant(
             bn.momentum = None
         bn.train(bn_mode == "train")
     with torch.no_grad():
-        for x in batches:
+        for x in batches if use == "all" else batches[-1:]:
             model(x)
     for bn, value in zip(bns, momenta, strict=True):
-        bn.momentum = value
+        if momentum_after == "restored":
+            bn.momentum = value
+        elif momentum_after == "default":
+            bn.momentum = 0.1
     if final == "eval":
         model.eval()
+    if inputs == "modified":
+        for x in batches:
+            x.sub_(x.mean(0, keepdim=True))
 
 
 def _run_recalibration(fn: Callable[..., Any], case: RecalibrationCase) -> Result:
     model = fresh_copy(case.model)
     before = Snapshot.of(model)
+    momenta = [bn.momentum for bn in bn_modules(model)]
+    given = [x.clone() for x in case.batches]
     with no_tf32(), ModeRecorder(model) as recorder:
-        fn(model, [x.clone() for x in case.batches])
+        fn(model, list(given))
     bns = bn_modules(model)
     mean = torch.cat([bn.running_mean.detach().reshape(-1).to("cpu", torch.float64) for bn in bns])
     var = torch.cat([bn.running_var.detach().reshape(-1).to("cpu", torch.float64) for bn in bns])
@@ -167,6 +187,8 @@ def _run_recalibration(fn: Callable[..., Any], case: RecalibrationCase) -> Resul
         "dropout_off": not recorder.dropout_ran_in_training,
         "eval_after": not any(m.training for m in model.modules()),
         "weights_unchanged": before.weights_unchanged(model),
+        "momentum_restored": [bn.momentum for bn in bns] == momenta,
+        "batches_unchanged": inputs_unchanged(given, case.batches),
     }
 
 
@@ -182,6 +204,8 @@ RECALIBRATION = Task(
         "dropout_off": "dropout off during the pass",
         "eval_after": "network left in evaluation mode",
         "weights_unchanged": "weights unchanged",
+        "momentum_restored": "BN momentum given back",
+        "batches_unchanged": "the batches unchanged",
     },
     guard={"torch_layers": False, "references": ("bncourse.lab.recalibrate",)},
     # Averaging the statistics of the batches (the reference, PreciseBN) and the exact statistics
@@ -221,7 +245,8 @@ def check_recalibration_state(
     device: torch.device | str | None = None,
     seed: int | None = None,
 ) -> None:
-    """The network ``recalibrate_bn`` hands back: weights unchanged, in evaluation mode."""
+    """The network ``recalibrate_bn`` hands back: weights unchanged, momenta given back, in
+    evaluation mode; the caller's batches unchanged."""
     __tracebackhide__ = True
     seed = draw_seed() if seed is None else seed
     cases = draw_recalibration_cases(seed, layout, device)
@@ -229,7 +254,7 @@ def check_recalibration_state(
         RECALIBRATION,
         fn,
         cases,
-        ["eval_after", "weights_unchanged"],
+        ["eval_after", "weights_unchanged", "momentum_restored", "batches_unchanged"],
         seed=seed,
         what=describe_part(layout, "the network after recalibration"),
     )

@@ -125,16 +125,21 @@ def variance_shift_variant(
     convention: str = "drop",
     mean_term: str = "kept",
     ratio: str = "test_over_train",
+    dropout: str = "inverted",
 ) -> float:
     """The shift with the student's signature and optional catalogued mistakes.
 
     ``convention``: "drop" (right: ``p`` drops) or "retain" (``p`` used as the keep probability).
-    ``mean_term``: "kept" or "ignored" (the zero-mean formula ``1 - p`` for every input).
+    ``mean_term``: "kept" (right), "ignored" (the zero-mean formula ``1 - p`` for every input) or
+    "not_subtracted" (``E[m^2] E[x^2]`` without ``- (E[m] E[x])^2``).
     ``ratio``: "test_over_train" (right) or "train_over_test".
+    ``dropout``: "inverted" (right: ``m = a / (1 - p)``) or "plain" (``m = a``, no scaling).
     """
     keep = 1 - p if convention == "drop" else p
-    c2 = mean**2 if mean_term == "kept" else 0.0
-    train = (c2 + var) / keep - c2
+    m1, m2 = (1.0, 1 / keep) if dropout == "inverted" else (keep, keep)  # E[m], E[m^2]
+    c2 = 0.0 if mean_term == "ignored" else mean**2
+    squared_mean = 0.0 if mean_term == "not_subtracted" else (m1 * mean) ** 2
+    train = m2 * (c2 + var) - (squared_mean if mean_term != "ignored" else 0.0)
     return var / train if ratio == "test_over_train" else train / var
 
 
