@@ -275,11 +275,14 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         name="inputs-modified-in-place",
         title="the caller's tensors modified in place",
         feedback=(
-            "A layer must leave the tensors it is given as they were: the caller still needs x "
-            "(the backward pass and the next epoch read it), and gamma, beta and dout belong to "
-            "the model and to autograd. x -= mean, x.sub_(...), dout *= gamma or x[...] = ... "
-            "overwrite them; write x = x - mean (a new tensor) instead. Only running_mean and "
-            "running_var are updated in place, in training mode."
+            "The tensors a function is given belong to the caller, who still needs them: the "
+            "backward pass and the next epoch read x, gamma, beta and dout belong to the model "
+            "and to autograd, and a measurement or an evaluation loop hands the same batch on. "
+            "In-place operations, the methods ending in an underscore (x.sub_(...), "
+            "x.clamp_(...)), augmented assignments (x -= mean, dout *= gamma) and slice "
+            "assignments (x[...] = ...) write into the caller's tensor. Compute on new tensors "
+            "instead (x = x - mean), or on x.clone(). Only running_mean and running_var are "
+            "updated in place, in training mode."
         ),
         page="batchnorm",
         anchor="bn-running-stats",
@@ -287,6 +290,10 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "batchnorm_train": ({"in_place": True},),
             "batchnorm_eval": ({"in_place": True},),
             "batchnorm_backward": ({"in_place": True},),
+            "variance_probe": ({"inputs": "modified"},),
+            "bn_recalibration": ({"inputs": "modified"},),
+            "evaluate": ({"inputs": "modified"},),
+            "predict": ({"inputs": "modified"},),
         },
     ),
     Misconception(
@@ -618,25 +625,6 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "variance_probe": ({"restore": "model_flag"}, {"restore": "train"}),
             "evaluate": ({"restore": "model_flag"}, {"restore": "train"}),
             "predict": ({"restore": "model_flag"}, {"restore": "train"}),
-        },
-    ),
-    Misconception(
-        name="inputs-modified-in-place",
-        title="the caller's input tensors changed in place",
-        feedback=(
-            "The tensors a function is given belong to the caller, who may use them again (the "
-            "next epoch, the next measurement). In-place operations, the methods ending in an "
-            "underscore (x.sub_(...), x.clamp_(...), x.zero_()), augmented assignments "
-            "(x -= m, x /= s) and slice assignments (x[...] = ...), write into the caller's "
-            "tensor. Compute on new tensors instead (x = x - m), or on x.clone()."
-        ),
-        page="batchnorm",
-        anchor="bn-evaluation-loop",
-        mutants={
-            "variance_probe": ({"inputs": "modified"},),
-            "bn_recalibration": ({"inputs": "modified"},),
-            "evaluate": ({"inputs": "modified"},),
-            "predict": ({"inputs": "modified"},),
         },
     ),
     Misconception(
