@@ -11,6 +11,7 @@ import importlib.util
 import json
 import linecache
 import re
+import threading
 import sys
 from pathlib import Path
 
@@ -308,6 +309,13 @@ def _open(browser, page_file: Path, width: int, screenshot: Path | None):
     return shown, requested, errors
 
 
+def _collect(fn, failures: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as error:  # re-raised in the test's own thread
+        failures.append(error)
+
+
 @pytest.mark.slow
 def test_feedback_reads_without_sideways_scrolling_with_math_offline(graded, tmp_path):
     if not CHROMIUM.is_file():
@@ -315,22 +323,33 @@ def test_feedback_reads_without_sideways_scrolling_with_math_offline(graded, tmp
     from book_site import CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
-    formulas = sum(len(re.findall(r"\$\$.+?\$\$", c.source)) for c in ec.source_notebook().cells)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS)
-        )
-        try:
-            for student in ("bo", "cy"):  # a long message with a link; a traceback
-                for name, width in WIDTHS.items():
-                    shot = tmp_path / f"feedback-{name}.png" if student == "bo" else None
-                    shown, requested, errors = _open(browser, graded[student], width, shot)
-                    where = (student, name, shown)
-                    assert shown["viewport"] == width, where
-                    assert shown["scroll"] <= width and shown["widest"] <= width + 0.5, where
-                    assert shown["math"] == formulas and not shown["raw"], where  # typeset
-                    assert shown["wrap"] == "pre-wrap", where
-                    assert requested == [graded[student].as_uri()] and errors == [], where
-        finally:
-            browser.close()
+    # In a thread of its own: another test file's browser session may hold this thread's asyncio
+    # loop (xdist runs several files in one process), and Playwright's sync API refuses to run
+    # inside a running loop.
+    def check_pages() -> None:
+        formulas = sum(len(re.findall(r"\$\$.+?\$\$", c.source)) for c in ec.source_notebook().cells)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS)
+            )
+            try:
+                for student in ("bo", "cy"):  # a long message with a link; a traceback
+                    for name, width in WIDTHS.items():
+                        shot = tmp_path / f"feedback-{name}.png" if student == "bo" else None
+                        shown, requested, errors = _open(browser, graded[student], width, shot)
+                        where = (student, name, shown)
+                        assert shown["viewport"] == width, where
+                        assert shown["scroll"] <= width and shown["widest"] <= width + 0.5, where
+                        assert shown["math"] == formulas and not shown["raw"], where  # typeset
+                        assert shown["wrap"] == "pre-wrap", where
+                        assert requested == [graded[student].as_uri()] and errors == [], where
+            finally:
+                browser.close()
+
+    failures: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _collect(check_pages, failures))
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
     assert all((tmp_path / f"feedback-{name}.png").stat().st_size > 10_000 for name in WIDTHS)
