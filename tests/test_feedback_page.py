@@ -11,8 +11,8 @@ import importlib.util
 import json
 import linecache
 import re
-import threading
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -327,7 +327,9 @@ def test_feedback_reads_without_sideways_scrolling_with_math_offline(graded, tmp
     # loop (xdist runs several files in one process), and Playwright's sync API refuses to run
     # inside a running loop.
     def check_pages() -> None:
-        formulas = sum(len(re.findall(r"\$\$.+?\$\$", c.source)) for c in ec.source_notebook().cells)
+        formulas = sum(
+            len(re.findall(r"\$\$.+?\$\$", c.source)) for c in ec.source_notebook().cells
+        )
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS)
