@@ -634,3 +634,24 @@ def test_every_feedback_links_a_section_of_the_book():
         page = root / "book" / f"{misconception.page}.md"
         assert page.is_file(), misconception.name
         assert f"({misconception.anchor})=" in page.read_text(), (misconception.name, page)
+
+
+def _decomposition_train(x, gamma, beta, running_mean, running_var, momentum, eps):
+    from torch._decomp import decompositions
+
+    return decompositions.native_batch_norm(
+        x, gamma, beta, running_mean, running_var, True, momentum, eps
+    )[0]
+
+
+def test_torchs_python_decompositions_are_refused():
+    """torch._decomp / torch._refs compute batch norm in Python without torch.ops: refused too."""
+    with pytest.raises(CheckFailure, match=r"called torch\._prims_common\.wrappers\."):
+        grading.check_batchnorm_train(_decomposition_train, seed=1)
+    with pytest.raises(CheckFailure, match=r"called torch\._"):
+        grading.check_batchnorm_eval(
+            lambda x, g, b, rm, rv, eps: _decomposition_train(
+                x, g, b, rm.clone(), rv.clone(), 0, eps
+            ),
+            seed=1,
+        )

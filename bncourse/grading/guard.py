@@ -166,6 +166,26 @@ def _is_check_variant(code: Any) -> bool:
     return code.co_name.endswith("variant") and _grading_file(code.co_filename)
 
 
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+# torch's Python decompositions and references: batch norm, dropout and their backward passes
+# written in Python (torch._decomp.decompositions.native_batch_norm, torch._refs...), reachable
+# without torch.ops or torch.nn.functional.
+_DECOMPOSITION_DIRS = tuple(
+    os.path.join(_TORCH_DIR, d) + os.sep for d in ("_decomp", "_refs", "_prims", "_prims_common")
+)
+
+
+def _decomposition_entry(code: Any, caller: Any) -> str | None:
+    """``torch.<module>.<function>`` when code outside torch calls into torch's decompositions."""
+    filename = _absolute(code.co_filename)
+    if not filename.startswith(_DECOMPOSITION_DIRS):
+        return None
+    if caller is not None and _absolute(caller.f_code.co_filename).startswith(_TORCH_DIR):
+        return None  # torch calling its own decompositions
+    module = os.path.relpath(os.path.splitext(filename)[0], os.path.dirname(_TORCH_DIR[:-1]))
+    return f"{module.replace(os.sep, '.')}.{code.co_qualname}"
+
+
 def _notebook_code(code: Any) -> bool:
     """Whether ``code`` was written in a notebook cell (or built at run time), not in a file."""
     return bool(_CELL_FILE.search(code.co_filename))
@@ -246,6 +266,9 @@ class _Guard(TorchFunctionMode):
         code, caller = frame.f_code, frame.f_back
         if _is_check_variant(code) and (caller is None or _notebook_code(caller.f_code)):
             raise self._refuse(self._course_name(code))
+        decomposition = _decomposition_entry(code, caller)
+        if decomposition is not None:
+            raise self._refuse(decomposition)
         if not self.files:
             return
         filename = _absolute(code.co_filename)
