@@ -57,13 +57,7 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="start a Dask LocalCluster of --workers processes on this machine and grade on it",
     )
-    grade.add_argument(
-        "--course-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
-    )
+    _add_course_dir(grade)
     grade.add_argument(
         "--student",
         action="append",
@@ -71,7 +65,6 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         metavar="ID",
         help="grade only this student (repeat for several); default: every submitted student",
     )
-    grade.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
     _add_output_options(grade)
     grade.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML files")
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -96,14 +89,7 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "assignment", metavar="ASSIGNMENT", help="assignment id, e.g. ps01_batchnorm"
     )
-    report.add_argument(
-        "--course-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
-    )
-    report.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
+    _add_course_dir(report)
     _add_output_options(report)
     report.set_defaults(func=_run_report)
 
@@ -122,17 +108,23 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="assignment id (default: the name of the folder holding NOTEBOOK)",
     )
-    check.add_argument(
+    _add_course_dir(check)
+    check.set_defaults(func=_run_check)
+
+
+def _add_course_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--course-dir",
         type=Path,
         default=None,
         metavar="DIR",
         help="nbgrader course folder (default: nearest folder with nbgrader_config.py)",
     )
-    check.set_defaults(func=_run_check)
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """What ``grade`` and ``report`` write: grades.csv and the LMS import files."""
+    parser.add_argument("--csv", type=Path, default=None, help="grades file (default: grades.csv)")
     parser.add_argument(
         "--export",
         type=_formats,
