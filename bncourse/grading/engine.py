@@ -72,15 +72,12 @@ class NotImplementedYet(CheckFailure):
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent) + os.sep
 _TORCH_FILE = re.compile(r"[\\/]site-packages[\\/]torch[\\/]")
 _TORCH_MESSAGE = re.compile(r"aten::|not (currently )?implemented for ")
-_REMOTE_TRACEBACK = "Where the notebook raised it:"
 
 
 def _innermost_file(error: BaseException) -> str:
-    """The file of the frame that raised ``error``, in the notebook's kernel where it ran there."""
-    for note in getattr(error, "__notes__", []):
-        if str(note).startswith(_REMOTE_TRACEBACK):  # brought back by bncourse.trusted.proxies
-            files = re.findall(r'File "([^"]+)", line', str(note))
-            return files[-1] if files else ""
+    """The file of the frame that raised ``error`` in this process (an error brought back from the
+    notebook's kernel says where it was raised with ``raised_in_library`` instead: the traceback
+    it carries holds the student's frames only)."""
     frames = traceback.extract_tb(error.__traceback__)
     return frames[-1].filename if frames else ""
 
