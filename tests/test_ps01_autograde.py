@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from build_ps01_batchnorm import ASSIGNMENT, POINTS, SOURCE, build
+from builders import builder
 from nbgrader_course import (
     Course,
     answered,
@@ -19,6 +19,12 @@ from nbgrader_course import (
     says_only_not_implemented,
     solutions,
 )
+
+_builder = builder("ps01_batchnorm")
+ASSIGNMENT = _builder.ASSIGNMENT
+POINTS = _builder.POINTS
+SOURCE = _builder.SOURCE
+build = _builder.build
 
 # nbgrader 0.9.6 with SQLAlchemy 2 warns on every autograde that a submission is "not in
 # session"; the grades are stored all the same (checked below through the gradebook).

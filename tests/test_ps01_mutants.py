@@ -18,11 +18,15 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from build_ps01_batchnorm import ASSIGNMENT, POINTS
+from builders import builder
 from submissions import Graded, answers, autograde_many, edited, read_source, submission
 
 from bncourse.grading import CATALOGUE
 from bncourse.grading.batchnorm import EVAL, TRAIN
+
+_builder = builder("ps01_batchnorm")
+ASSIGNMENT = _builder.ASSIGNMENT
+POINTS = _builder.POINTS
 
 # nbgrader 0.9.6 with SQLAlchemy 2 warns on every autograde that a submission is "not in
 # session"; the grades are stored all the same.

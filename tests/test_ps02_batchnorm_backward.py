@@ -15,11 +15,17 @@ from dataclasses import dataclass
 
 import nbformat
 import pytest
-from build_ps02_batchnorm_backward import ASSIGNMENT, POINTS, SOURCE, build
+from builders import builder
 from nbgrader_course import by_grade_id, says_only_not_implemented
 from submissions import BLANK, Graded, answers, autograde_many, edited, read_source, submission
 
 from bncourse.grading import CATALOGUE
+
+_builder = builder("ps02_batchnorm_backward")
+ASSIGNMENT = _builder.ASSIGNMENT
+POINTS = _builder.POINTS
+SOURCE = _builder.SOURCE
+build = _builder.build
 
 ORDER = list(POINTS)  # test_grad_params, test_grad_input, test_conv_layout
 PARAMS, INPUT, CONV = ORDER

@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 
 import nbformat
 import pytest
-from build_ps03_dropout import ASSIGNMENT, MANUAL_POINTS, POINTS, SOURCE, build
+from builders import builder
 from nbgrader_course import by_grade_id, says_only_not_implemented
 from submissions import BLANK, Graded, answers, autograde_many, edited, read_source, submission
 
 from bncourse.grading import CATALOGUE
+
+_builder = builder("ps03_dropout")
+ASSIGNMENT = _builder.ASSIGNMENT
+MANUAL_POINTS = _builder.MANUAL_POINTS
+POINTS = _builder.POINTS
+SOURCE = _builder.SOURCE
+build = _builder.build
 
 ORDER = list(POINTS)
 TRAIN, EVAL, BACKWARD, GAUSSIAN, UOUT = ORDER

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from build_ps04_variance_shift import ASSIGNMENT, POINTS, SOURCE, build
+from builders import builder
 from combined_submissions import (
     Rewrite,
     check_graded,
@@ -31,6 +31,12 @@ from nbgrader_course import by_grade_id, says_only_not_implemented
 from submissions import Graded, answers, edited, read_source
 
 from bncourse.grading import CATALOGUE
+
+_builder = builder("ps04_variance_shift")
+ASSIGNMENT = _builder.ASSIGNMENT
+POINTS = _builder.POINTS
+SOURCE = _builder.SOURCE
+build = _builder.build
 
 ORDER = list(POINTS)
 SHIFT, PROBE_VALUES, PROBE_SIDE, RECAL_STATS, RECAL_STATE, PLACEMENT = ORDER

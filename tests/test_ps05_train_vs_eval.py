@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from build_ps05_train_vs_eval import ASSIGNMENT, POINTS, SOURCE, build
+from builders import builder
 from combined_submissions import (
     Rewrite,
     check_graded,
@@ -27,6 +27,12 @@ from nbgrader_course import by_grade_id, says_only_not_implemented
 from submissions import Graded, answers, edited, read_source
 
 from bncourse.grading import CATALOGUE
+
+_builder = builder("ps05_train_vs_eval")
+ASSIGNMENT = _builder.ASSIGNMENT
+POINTS = _builder.POINTS
+SOURCE = _builder.SOURCE
+build = _builder.build
 
 ORDER = list(POINTS)
 EVALUATE, EVALUATE_MODES, PREDICT, MAKE_CNN = ORDER

@@ -1,4 +1,4 @@
-"""Build the instructor version of ps04_variance_shift: ``python tests/build_ps04_variance_shift.py``.
+"""Build the instructor version of ps04_variance_shift: ``python solutions/ps04_variance_shift/build.py``.
 
 Writes ``solutions/ps04_variance_shift/ps04_variance_shift.ipynb`` (no outputs). The student
 version in ``exercises/`` is then generated from it by ``make release``.
@@ -7,17 +7,14 @@ version in ``exercises/`` is then generated from it by ``make release``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nbformat import NotebookNode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import nbgrader_cells as c  # noqa: E402
+from bncourse.instructor import nbgrader_cells as c
 
 ASSIGNMENT = "ps04_variance_shift"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 # Graded cells and their points, in notebook order.

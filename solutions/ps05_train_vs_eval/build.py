@@ -1,4 +1,4 @@
-"""Build the instructor version of ps05_train_vs_eval: ``python tests/build_ps05_train_vs_eval.py``.
+"""Build the instructor version of ps05_train_vs_eval: ``python solutions/ps05_train_vs_eval/build.py``.
 
 Writes ``solutions/ps05_train_vs_eval/ps05_train_vs_eval.ipynb`` (no outputs). The student version
 in ``exercises/`` is then generated from it by ``make release``.
@@ -7,17 +7,14 @@ in ``exercises/`` is then generated from it by ``make release``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nbformat import NotebookNode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import nbgrader_cells as c  # noqa: E402
+from bncourse.instructor import nbgrader_cells as c
 
 ASSIGNMENT = "ps05_train_vs_eval"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 # Graded cells and their points, in notebook order.

@@ -1,4 +1,4 @@
-"""Build the instructor version of ps01_batchnorm: ``python tests/build_ps01_batchnorm.py``.
+"""Build the instructor version of ps01_batchnorm: ``python solutions/ps01_batchnorm/build.py``.
 
 Writes ``solutions/ps01_batchnorm/ps01_batchnorm.ipynb`` (no outputs). The student version in
 ``exercises/`` is then generated from it by ``make release``. ``tests/test_ps01_autograde.py``
@@ -7,17 +7,14 @@ checks that the committed notebook is what this script builds.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nbformat import NotebookNode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import nbgrader_cells as c  # noqa: E402
+from bncourse.instructor import nbgrader_cells as c
 
 ASSIGNMENT = "ps01_batchnorm"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 # Graded cells and their points: partial credit for each part of the layer.

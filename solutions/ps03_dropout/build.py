@@ -1,4 +1,4 @@
-"""Build the instructor version of ps03_dropout: ``python tests/build_ps03_dropout.py``.
+"""Build the instructor version of ps03_dropout: ``python solutions/ps03_dropout/build.py``.
 
 Writes ``solutions/ps03_dropout/ps03_dropout.ipynb`` (no outputs). The student version in
 ``exercises/`` is then generated from it by ``make release``. ``tests/test_ps03_dropout.py``
@@ -7,17 +7,14 @@ checks that the committed notebook is what this script builds.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nbformat import NotebookNode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import nbgrader_cells as c  # noqa: E402
+from bncourse.instructor import nbgrader_cells as c
 
 ASSIGNMENT = "ps03_dropout"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 # Autograded cells and their points: partial credit for each mode and each kind of noise.

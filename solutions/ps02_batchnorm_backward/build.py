@@ -1,4 +1,4 @@
-"""Build the instructor version of ps02_batchnorm_backward: ``python tests/build_ps02_batchnorm_backward.py``.
+"""Build the instructor version of ps02_batchnorm_backward: ``python solutions/ps02_batchnorm_backward/build.py``.
 
 Writes ``solutions/ps02_batchnorm_backward/ps02_batchnorm_backward.ipynb`` (no outputs). The
 student version in ``exercises/`` is then generated from it by ``make release``.
@@ -8,17 +8,14 @@ builds.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nbformat import NotebookNode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import nbgrader_cells as c  # noqa: E402
+from bncourse.instructor import nbgrader_cells as c
 
 ASSIGNMENT = "ps02_batchnorm_backward"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 # Graded cells and their points: partial credit for each gradient and for the image layout.
