@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 # cache (_build/.jupyter_cache) only notices edits to code cells, so it is dropped when these change.
 BOOK_INPUTS := bncourse solutions exercises nbgrader_config.py
 
-## Build the book into _build/html, executing every chapter whose outputs may have changed.
+## Build the book into _build/html, executing every chapter whose outputs may have changed: first in
+## parallel into the execution cache (scripts/execute_chapters.py), then the build reads the cache.
 book: book-system-packages install
 	@hash=$$(find $(BOOK_INPUTS) -type f \( -name '*.py' -o -name '*.ipynb' \) \
 	    -not -path '*/__pycache__/*' -not -path '*/.ipynb_checkpoints/*' -print0 \
@@ -34,6 +35,7 @@ book: book-system-packages install
 	if [ "$$(cat _build/.book-inputs 2>/dev/null)" != "$$hash" ]; then \
 	  rm -rf _build/.jupyter_cache; \
 	fi; \
+	python scripts/execute_chapters.py _build/.jupyter_cache $(CHAPTERS); \
 	jupyter-book build $(BOOK_FLAGS) .; \
 	echo "$$hash" > _build/.book-inputs
 
