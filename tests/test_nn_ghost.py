@@ -31,7 +31,9 @@ def _pair(channels: int, ghost: int, momentum, seed: int = 0):
     [(12, 3, ()), (12, 4, (2,)), (11, 4, ()), (9, 4, ()), (6, 2, ()), (5, 8, ())],
 )
 @pytest.mark.parametrize("momentum", [0.3, None])
-def test_ghost_batches_are_normalized_like_torch_bn_on_each_chunk(batch, ghost, shape_tail, momentum):
+def test_ghost_batches_are_normalized_like_torch_bn_on_each_chunk(
+    batch, ghost, shape_tail, momentum
+):
     ours, ref, gen = _pair(3, ghost, momentum)
     x = torch.randn(batch, 3, *shape_tail, generator=gen, dtype=torch.float64) * 2.5 + 0.7
     upstream = torch.randn(x.shape, generator=gen, dtype=torch.float64)

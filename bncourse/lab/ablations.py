@@ -107,8 +107,10 @@ def ablation_mlp(
                 block["bn"] = _norm(width, ghost_batch_size)
                 if noise is not None:
                     block["noise"] = ShiftingNoise(*noise)
-            names = ("linear", "bn", "noise", "act") if order == "bn_act" else (
-                "linear", "act", "bn", "noise"
+            names = (
+                ("linear", "bn", "noise", "act")
+                if order == "bn_act"
+                else ("linear", "act", "bn", "noise")
             )
             layers += [(f"{name}{i}", block[name]) for name in names if name in block]
             fan_in = width

@@ -114,7 +114,7 @@ def input_drift(model: nn.Module, x: Tensor, batch_size: int, batches: int, seed
         for h in handles:
             h.remove()
     out = []
-    for m, p in zip(means, pooled):
+    for m, p in zip(means, pooled, strict=True):
         spread = torch.stack(m).std(0)
         scale = torch.cat(p).std(0).clamp_min(1e-12)
         out.append(float((spread / scale).mean()))

@@ -48,7 +48,8 @@ class DirectionProbe:
     def beta(self) -> float:
         """Largest ratio of gradient change to the length of the step (effective smoothness)."""
         return max(
-            d / (eta * self.gradient_norm) for d, eta in zip(self.gradient_changes, self.etas)
+            d / (eta * self.gradient_norm)
+            for d, eta in zip(self.gradient_changes, self.etas, strict=True)
         )
 
 
@@ -81,7 +82,7 @@ def probe_gradient_direction(
         for eta in etas:
             with torch.no_grad():
                 offset = 0
-                for p, p0 in zip(params, saved):
+                for p, p0 in zip(params, saved, strict=True):
                     n = p.numel()
                     p.copy_(p0 - eta * g[offset : offset + n].view_as(p))
                     offset += n
@@ -90,7 +91,7 @@ def probe_gradient_direction(
             changes.append(float((g_eta - g).norm()))
     finally:
         with torch.no_grad():
-            for p, p0 in zip(params, saved):
+            for p, p0 in zip(params, saved, strict=True):
                 p.copy_(p0)
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])

@@ -10,8 +10,8 @@ in seconds on one CPU core.
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ __all__ = [
 SEEDS = tuple(range(10))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_digits(seed: int = 0) -> Dataset:
     """:func:`bncourse.lab.data.load_digits`, loaded once per split seed."""
     return _load_digits(seed=seed)
@@ -78,9 +78,21 @@ def noise_and_smoothness(
     """
     out: dict[str, dict[str, list]] = {}
     for label, options in configs.items():
-        rec = out.setdefault(label, {k: [] for k in (
-            "test", "train_loss", "loss_range", "gradient_change", "beta", "drift", "seconds"
-        )})
+        rec = out.setdefault(
+            label,
+            {
+                k: []
+                for k in (
+                    "test",
+                    "train_loss",
+                    "loss_range",
+                    "gradient_change",
+                    "beta",
+                    "drift",
+                    "seconds",
+                )
+            },
+        )
         for seed in seeds:
             data = load_digits(seed=seed)
             x, y = data.x_train[:probe_size], data.y_train[:probe_size]
@@ -88,8 +100,15 @@ def noise_and_smoothness(
             start = time.perf_counter()
             probes, loss = [], float("nan")
             for epoch in range(epochs):
-                h = _fit(model, data, 1000 * seed + epoch, epochs=1, batch_size=batch_size,
-                         lr=lr, momentum=0.0)
+                h = _fit(
+                    model,
+                    data,
+                    1000 * seed + epoch,
+                    epochs=1,
+                    batch_size=batch_size,
+                    lr=lr,
+                    momentum=0.0,
+                )
                 loss = h.train_loss[-1]
                 probes.append(probe_gradient_direction(model, x, y, etas, seed=epoch))
             rec["seconds"].append(time.perf_counter() - start)
@@ -122,9 +141,15 @@ def saturation_experiment(
         for seed in seeds:
             data = load_digits(seed=seed)
             x, y = data.x_train[:256], data.y_train[:256]
-            model = ablation_mlp(data.input_shape, data.num_classes, depth=depth,
-                                 activation=activation, norm=norm, init_scale=init_scale,
-                                 seed=seed)
+            model = ablation_mlp(
+                data.input_shape,
+                data.num_classes,
+                depth=depth,
+                activation=activation,
+                norm=norm,
+                init_scale=init_scale,
+                seed=seed,
+            )
             rec["sat_init"].append(saturation(model, x))
             rec["grad_init"].append(weight_gradient_norms(model, x, y))
             _fit(model, data, seed, epochs=epochs, batch_size=batch_size, lr=lr)
@@ -153,8 +178,14 @@ def stability_sweep(
             for j, lr in enumerate(lrs):
                 for k, seed in enumerate(seeds):
                     data = load_digits(seed=seed)
-                    model = ablation_mlp(data.input_shape, data.num_classes, depth=depth,
-                                         norm=norm, init_scale=scale, seed=seed)
+                    model = ablation_mlp(
+                        data.input_shape,
+                        data.num_classes,
+                        depth=depth,
+                        norm=norm,
+                        init_scale=scale,
+                        seed=seed,
+                    )
                     h = _fit(model, data, seed, epochs=epochs, batch_size=batch_size, lr=lr)
                     ok = np.isfinite(h.train_loss[-1])
                     acc[i, j, k] = 100 * evaluate(model, data) if ok else 100 / data.num_classes
@@ -200,7 +231,10 @@ def batch_size_gap(
         out[bs] = _gap_runs(
             lambda s: subset(load_digits(seed=s), n_train, s),
             lambda d, s: ablation_mlp(d.input_shape, d.num_classes, norm=norm, seed=s),
-            seeds, epochs=epochs, batch_size=bs, lr=lr,
+            seeds,
+            epochs=epochs,
+            batch_size=bs,
+            lr=lr,
         )
     return out
 
@@ -218,8 +252,13 @@ def ghost_gap(
     for g in ghost_sizes:
         out[g] = _gap_runs(
             lambda s: subset(load_digits(seed=s), n_train, s),
-            lambda d, s: ablation_mlp(d.input_shape, d.num_classes, ghost_batch_size=g, seed=s),
-            seeds, epochs=epochs, batch_size=batch_size, lr=lr,
+            lambda d, s, g=g: ablation_mlp(
+                d.input_shape, d.num_classes, ghost_batch_size=g, seed=s
+            ),
+            seeds,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
         )
     return out
 
@@ -232,8 +271,13 @@ def order_experiment(
     for label, order in (("BN before ReLU", "bn_act"), ("BN after ReLU", "act_bn")):
         out[label] = _gap_runs(
             load_digits,
-            lambda d, s: ablation_mlp(d.input_shape, d.num_classes, order=order, seed=s),
-            seeds, epochs=epochs, batch_size=batch_size, lr=lr,
+            lambda d, s, order=order: ablation_mlp(
+                d.input_shape, d.num_classes, order=order, seed=s
+            ),
+            seeds,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
         )
     return out
 
@@ -251,8 +295,11 @@ def bias_before_bn(seed: int = 0, epochs: int = 3) -> dict[str, float]:
             if name.startswith("linear"):
                 m.bias.normal_(0, 5.0, generator=torch.Generator().manual_seed(seed))
     without = ablation_mlp(data.input_shape, data.num_classes, bias=False, seed=seed)
-    state = {k: v for k, v in with_bias.state_dict().items() if not k.endswith(".bias")
-             or not k.startswith("linear")}
+    state = {
+        k: v
+        for k, v in with_bias.state_dict().items()
+        if not k.endswith(".bias") or not k.startswith("linear")
+    }
     without.load_state_dict(state)
     x, y = data.x_train[:128], data.y_train[:128]
     with_bias.train(), without.train()
@@ -265,10 +312,12 @@ def bias_before_bn(seed: int = 0, epochs: int = 3) -> dict[str, float]:
     start = [m.bias.detach().clone() for m in linears]
     with_bias.zero_grad()
     _fit(with_bias, data, seed, epochs=epochs, batch_size=64, lr=0.05)
-    moved = max(float((m.bias - b0).abs().max()) for m, b0 in zip(linears, start))
+    moved = max(
+        float((m.bias.detach() - b0).abs().max()) for m, b0 in zip(linears, start, strict=True)
+    )
     return {
-        "output_difference": float((out_b - out_n).abs().max()),
-        "output_scale": float(out_n.abs().max()),
+        "output_difference": float((out_b - out_n).detach().abs().max()),
+        "output_scale": float(out_n.detach().abs().max()),
         "bias_grad": bias_grad,
         "weight_grad": weight_grad,
         "bias_moved": moved,
