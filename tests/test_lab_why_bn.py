@@ -165,3 +165,19 @@ def test_a_bias_before_bn_changes_nothing_and_gets_no_gradient():
     assert b["output_difference"] < 1e-4 * b["output_scale"]
     assert b["bias_grad"] < 1e-4 * b["weight_grad"]
     assert b["bias_moved"] < 1e-4 * b["bias_size"]
+
+
+def test_the_experiments_return_one_value_per_seed_and_score_a_diverged_run_as_chance():
+    from bncourse.lab import why_bn
+
+    ics = why_bn.noise_and_smoothness({"BN": {}, "no BN": {"norm": False}}, seeds=[0, 1], epochs=1)
+    assert set(ics) == {"BN", "no BN"}
+    assert all(v.shape == (2,) for r in ics.values() for v in r.values())
+    sat = why_bn.saturation_experiment(seeds=[0], depth=2, epochs=1)
+    assert sat["no BN"]["sat_init"].shape == (1, 2)
+    sweep = why_bn.stability_sweep([1.0], [1e30], seeds=[0], epochs=1, depth=1)
+    assert sweep["no BN"].shape == (1, 1, 1)
+    assert sweep["no BN"][0, 0, 0] == pytest.approx(10.0)  # loss overflowed: chance, not NaN
+    gaps = why_bn.ghost_gap([4], 32, seeds=[0], n_train=64, epochs=1)
+    r = gaps[4]
+    np.testing.assert_allclose(r["gap"], r["train"] - r["test"])
