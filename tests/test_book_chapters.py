@@ -50,6 +50,17 @@ CHAPTERS = {
         ],
         "figures": ["do-ensemble-figure", "do-noise-figure"],
     },
+    "why_batchnorm": {
+        "labels": ["why-ics", "why-saturation", "why-lr", "why-regularizer", "why-order"],
+        "figures": [
+            "why-ics-figure",
+            "why-saturation-figure",
+            "why-sweep-figure",
+            "why-gap-figure",
+        ],
+        # its prose also glues the verdict sentences of the statistics layer
+        "numbers_only": False,
+    },
 }
 
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
@@ -171,6 +182,8 @@ def test_every_glued_number_is_pasted(built_book: Path, chapter: str) -> None:
     assert len(pasted) == expected, (
         f"book/{chapter} uses {expected} glue:text roles but the page shows {len(pasted)} values"
     )
+    if not CHAPTERS[chapter].get("numbers_only", True):
+        return
     not_numbers = [text for text in pasted if not NUMBER.match(text)]
     assert not not_numbers, f"glued values of book/{chapter} that are not numbers: {not_numbers}"
 

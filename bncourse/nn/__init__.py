@@ -18,6 +18,7 @@ from bncourse.nn.functional import (
     uout,
 )
 from bncourse.nn.fusion import FUSER_METHODS
+from bncourse.nn.ghost import GhostBatchNorm1d
 from bncourse.nn.modules import (
     AlphaDropout,
     BatchNorm1d,
@@ -44,6 +45,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "GhostBatchNorm1d",
     "Dropout",
     "Dropout1d",
     "Dropout2d",
