@@ -99,6 +99,7 @@ def test_layer_trend_phrases_follow_the_data(glued):
     assert "increases from layer to layer" in glued["me_layer_trends"]
     assert "no monotone trend" not in glued["me_layer_trends"]
     assert "every rate tried" in glued["me_layer_accumulates"]
+    assert glued["me_rate_trend"].startswith("the largest statistic of a network increases")
     me.glue_measured(me.MeasuredReport(_layer_data(growth=1.0), _depth_data()))
     assert "increases" not in glued["me_layer_trends"]
     assert "do not show the shift accumulating" in glued["me_layer_accumulates"]
