@@ -357,6 +357,14 @@ def glue_measured(report: MeasuredReport) -> None:
         "layers",
     )
 
+    first = []
+    for p in LAYER_RATES:
+        runs = r.before_bn(p)
+        if runs.first_theory is not None:
+            c = ratio(runs.shift[:, 0], runs.first_theory, (runs.seeds, runs.seeds))
+            first.append(f"at p = {p:g} {c.sentence('the prediction')}")
+    glue_text("me_first_vs_theory", "; ".join(first))
+
     # placements at matched noise
     a, b, after = r.placement("before_bn"), r.placement("before_weight"), r.placement("after_bn")
     glue_number("me_b_max", max(g.gmean for g in b.profile))
@@ -506,6 +514,13 @@ def glue_depth(report: MeasuredReport) -> None:
             f"with {r.depths[-1]}, and over all depths {trend}"
         )
     glue_text("me_depth_costs", "; ".join(cost))
+    glue_text(
+        "me_depth_cost_trends",
+        "; ".join(
+            r.depth_cost_trend(p).sentence(f"at p = {p:g} the cost in test accuracy")
+            for p in r.depth_rates
+        ),
+    )
     recal = [
         f"at p = {p:g} {r.stale_cost(r.at_depth(r.depths[-1], p), 'test').sentence()}"
         for p in r.depth_rates
