@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import zlib
 
 import matplotlib
@@ -188,3 +189,13 @@ def test_figure_with_alt_is_an_image_with_the_escaped_alt_text():
     assert "<b>" not in shown._repr_html_()
     with pytest.raises(ValueError, match="alt must describe"):
         FigureWithAlt(fig, "too short")
+
+
+def test_every_value_the_chapter_pastes_is_glued(glued):
+    from pathlib import Path
+
+    chapter = Path(__file__).resolve().parents[1] / "book" / "variance_shift_measured.md"
+    names = set(re.findall(r"\{glue:text\}`(\w+)", chapter.read_text(encoding="utf-8")))
+    me.glue_measured(me.MeasuredReport(_layer_data(), _depth_data()))
+    glued_in_the_chapter = {"me_n_train"}  # from the data set, in the chapter's own cell
+    assert names - set(glued) - glued_in_the_chapter == set()
