@@ -7,7 +7,11 @@ Call :func:`bncourse.lab.style.use_course_style` first.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -19,6 +23,8 @@ __all__ = [
     "log_axis",
     "markdown_table",
     "format_mean_std",
+    "plot_intervals",
+    "FigureWithAlt",
 ]
 
 
@@ -90,3 +96,58 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines.append("|" + "|".join("---:" if n else ":---" for n in numeric) + "|")
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def plot_intervals(
+    ax: Axes,
+    x: Sequence[float],
+    intervals: Sequence[Any],
+    label: str,
+    color: str | None = None,
+    marker: str = "o",
+    linestyle: str = "-",
+    offset: float = 0.0,
+) -> None:
+    """Estimates with their confidence intervals as error bars.
+
+    ``intervals`` are results of :mod:`bncourse.lab.stats` with ``low`` and ``high`` and either
+    ``mean`` (:class:`~bncourse.lab.stats.MeanCI`) or ``gmean``
+    (:class:`~bncourse.lab.stats.GeometricMeanCI`). ``offset`` shifts the points sideways so that
+    several series at the same ``x`` stay readable.
+    """
+    centre = np.array([getattr(i, "gmean", None) or i.mean for i in intervals])
+    low = np.array([i.low for i in intervals])
+    high = np.array([i.high for i in intervals])
+    ax.errorbar(
+        np.asarray(x, dtype=float) + offset,
+        centre,
+        yerr=[centre - low, high - centre],
+        label=label,
+        color=color,
+        marker=marker,
+        linestyle=linestyle,
+        capsize=3,
+    )
+
+
+class FigureWithAlt:
+    """A matplotlib figure as a PNG image with an alt text computed from the data it shows.
+
+    In an HTML page (the book, Jupyter) it is an ``<img>`` with that ``alt``; elsewhere the PNG.
+    Glue it in place of the figure so that the alt text, like the prose, follows the data.
+    """
+
+    def __init__(self, fig: Any, alt: str) -> None:
+        if not isinstance(alt, str) or len(alt.split()) < 5:
+            raise ValueError(f"alt must describe the figure in a few words, got {alt!r}")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        self.png = buffer.getvalue()
+        self.alt = alt
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def _repr_html_(self) -> str:
+        data = base64.b64encode(self.png).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt)}"/>'
