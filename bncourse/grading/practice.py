@@ -663,7 +663,11 @@ def _flat(tensors: list[Tensor]) -> Tensor:
 
 
 def _fork_rng(device: torch.device):
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    """The global random state (and the CUDA device's) is given back afterwards."""
+    if device.type != "cuda":
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.random.fork_rng(devices=[index])
 
 
 def _run_freeze(fn: Callable[..., Any], case: FreezeCase) -> Result:
