@@ -32,8 +32,9 @@ __all__ = [
     "student_id",
 ]
 
-#: What the guard's refusal says in every cell it costs.
-GUARD = "this part scores zero until it does"
+#: What the guard's refusal says in every cell it costs (of a course reference: "... scores zero
+#: until it does"; of torch's own routine: "... scores zero until the function computes ...").
+GUARD = "scores zero until"
 
 
 @dataclass(frozen=True)

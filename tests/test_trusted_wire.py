@@ -88,6 +88,45 @@ def test_a_module_of_a_notebook_class_needs_a_stand_in(tmp_path):
     assert isinstance(shell.inner, nn.Linear)
 
 
+def test_a_train_method_of_the_notebook_keeps_working_where_the_module_is_rebuilt(tmp_path):
+    """The kernel sends a handle of a replaced ``train``; the rebuilt module's ``train`` calls it
+    and takes back the flags and requires_grad of what the kernel's module became."""
+    from bncourse.trusted.proxies import TrainInKernel
+
+    kernel_side = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.3))
+    bn = kernel_side[1]
+    bn.eval()
+    bn.weight.requires_grad_(False)
+    bn.train = lambda mode=True: nn.Module.train(bn, False)  # the notebook's freeze
+    methods = {}
+
+    def own_train(module):
+        if "train" not in vars(module):
+            return None
+        methods[len(methods) + 1] = module.train
+        return Handle(len(methods), "function")
+
+    encoder = Encoder(own_train=own_train)
+    write_message(tmp_path, "m", encoder.encode(kernel_side), encoder.tensors)
+    tree, tensors = read_message(tmp_path, "m")
+    assert "train" in tree["children"][1][1] and "train" not in tree["children"][0][1]
+
+    def in_kernel(handle):  # what calling a handle does: the kernel's method, its module back
+        return lambda mode: _round_trip(methods[handle.id](mode), tmp_path / "back")
+
+    (tmp_path / "back").mkdir()
+    grader_side = Decoder(tensors, own_train=lambda m, h: TrainInKernel(m, in_kernel(h))).decode(
+        tree
+    )
+    assert isinstance(vars(grader_side[1])["train"], TrainInKernel)
+    grader_side.train()
+    assert grader_side.training and grader_side[2].training and not grader_side[1].training
+    assert not grader_side[1].weight.requires_grad and grader_side[0].weight.requires_grad
+    plain = Decoder(tensors).decode(tree)  # a decoder without stand-ins ignores the handle
+    plain.train()
+    assert plain[1].training
+
+
 @pytest.mark.parametrize(
     "node, message",
     [

@@ -22,7 +22,8 @@ raises NotImplementedError (the released stub) fails with "... is not implemente
 
 Functions that take a whole network (:mod:`~bncourse.grading.probe`,
 :mod:`~bncourse.grading.recalibration`, :mod:`~bncourse.grading.train_eval`,
-:mod:`~bncourse.grading.placement`) are checked on small networks built from ``torch.nn`` by
+:mod:`~bncourse.grading.placement`, the fine-tuning freeze of
+:mod:`~bncourse.grading.practice`) are checked on small networks built from ``torch.nn`` by
 :mod:`~bncourse.grading.networks`, which also records what the function did to them; their tasks
 let torch's layers run and refuse only the course modules that hold their reference. Grading
 imports :mod:`bncourse.nn` and :mod:`bncourse.theory`, never :mod:`bncourse.lab`.
@@ -52,6 +53,11 @@ from bncourse.grading.dropout import (
 from bncourse.grading.engine import CheckFailure, default_device
 from bncourse.grading.guard import ReferenceCallError, forbid_reference
 from bncourse.grading.placement import check_cnn_placement, check_mlp_placement
+from bncourse.grading.practice import (
+    check_fold_batchnorm,
+    check_freeze_batchnorm,
+    check_group_norm,
+)
 from bncourse.grading.probe import check_probe_side_effects, check_probe_values
 from bncourse.grading.recalibration import check_recalibration_state, check_recalibration_stats
 from bncourse.grading.train_eval import check_evaluate, check_evaluate_restores_modes, check_predict
@@ -78,6 +84,9 @@ __all__ = [
     "check_uout",
     "check_evaluate",
     "check_evaluate_restores_modes",
+    "check_fold_batchnorm",
+    "check_freeze_batchnorm",
+    "check_group_norm",
     "check_mlp_placement",
     "check_predict",
     "check_probe_side_effects",

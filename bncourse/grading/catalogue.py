@@ -114,6 +114,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={
             "batchnorm_train": ({"eps_kind": "missing"},),
             "batchnorm_eval": ({"eps_kind": "missing"},),
+            "fold_batchnorm": ({"eps_kind": "missing"},),
+            "group_norm": ({"eps_kind": "missing"},),
         },
     ),
     Misconception(
@@ -130,6 +132,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={
             "batchnorm_train": ({"eps_kind": "added_to_std"},),
             "batchnorm_eval": ({"eps_kind": "added_to_std"},),
+            "fold_batchnorm": ({"eps_kind": "added_to_std"},),
+            "group_norm": ({"eps_kind": "added_to_std"},),
         },
     ),
     Misconception(
@@ -294,6 +298,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "bn_recalibration": ({"inputs": "modified"},),
             "evaluate": ({"inputs": "modified"},),
             "predict": ({"inputs": "modified"},),
+            "fold_batchnorm": ({"in_place": True},),
         },
     ),
     Misconception(
@@ -1109,5 +1114,192 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         page="batchnorm",
         anchor="bn-batch-of-one",
         mutants={"predict": ({"mode": "eval_if_one"},)},
+    ),
+    # --- ps06_bn_in_practice: folding, frozen statistics, group norm ---
+    Misconception(
+        name="fold-variance-as-std",
+        title="folded with the variance instead of the standard deviation",
+        feedback=(
+            "In evaluation mode batch norm divides by the standard deviation, "
+            "sqrt(running_var + eps), so the folded scale is gamma / sqrt(running_var + eps). "
+            "running_var holds a variance (a squared spread): dividing by running_var + eps "
+            "itself scales every output channel by a wrong factor, too small where the variance "
+            "is above 1 and too large where it is below."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"fold_batchnorm": ({"spread": "var"},)},
+    ),
+    Misconception(
+        name="fold-bias-dropped",
+        title="the layer's own bias left out of the folded bias",
+        feedback=(
+            "Batch norm normalizes what the layer outputs, bias included: gamma * (W x + b - "
+            "running_mean) / sqrt(running_var + eps) + beta. The folded bias is therefore "
+            "(b - running_mean) * s + beta with s = gamma / sqrt(running_var + eps); leaving b "
+            "out is right only for a layer built with bias=False (bias is None)."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"fold_batchnorm": ({"bias_kind": "dropped"},)},
+    ),
+    Misconception(
+        name="fold-mean-not-subtracted",
+        title="running mean not subtracted in the folded bias",
+        feedback=(
+            "Evaluation-mode batch norm subtracts running_mean before it scales: the folded bias "
+            "is (b - running_mean) * s + beta, with s = gamma / sqrt(running_var + eps) (and "
+            "b = 0 for a layer without bias). Scaling the bias and adding beta without the mean "
+            "shifts every output channel by running_mean * s."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"fold_batchnorm": ({"bias_kind": "mean_kept"},)},
+    ),
+    Misconception(
+        name="fold-weight-not-scaled",
+        title="the weight not scaled when folding",
+        feedback=(
+            "Batch norm multiplies the whole output of the layer by s = gamma / "
+            "sqrt(running_var + eps), the part W x as well as the bias: the folded weight is W "
+            "with each output channel's row (or filter) multiplied by its s. Adjusting the bias "
+            "alone leaves the normalization of W x out."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"fold_batchnorm": ({"weight_axis": "none"},)},
+    ),
+    Misconception(
+        name="fold-scale-wrong-axis",
+        title="the folded scale applied along the input axis",
+        feedback=(
+            "Batch norm has one scale s_c per OUTPUT channel c of the layer, and the output "
+            "channels are dim 0 of the weight: (out_features, in_features) for Linear, "
+            "(out_channels, in_channels, kH, kW) for Conv2d. Multiply with s reshaped to "
+            "(-1, 1) or (-1, 1, 1, 1); reshaping it to (1, -1, ...) scales the input channels "
+            "instead (and broadcasting a (C,) vector against the weight lines it up with the "
+            "LAST axis)."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"fold_batchnorm": ({"weight_axis": "in"},)},
+    ),
+    Misconception(
+        name="bn-frozen-by-requires-grad",
+        title="batch norm frozen with requires_grad=False alone",
+        feedback=(
+            "requires_grad=False stops gamma and beta from learning, but the running statistics "
+            "are buffers, not parameters: a BN layer in training mode still normalizes each "
+            "batch with that batch's own statistics and overwrites running_mean and running_var "
+            "with the fine-tuning data at every forward pass. Put the BN layers in evaluation "
+            "mode as well (bn.eval()), and keep them there."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"freeze_batchnorm": ({"stats": "training"},)},
+    ),
+    Misconception(
+        name="bn-eval-undone-by-train",
+        title="BN put in evaluation mode once, undone by model.train()",
+        feedback=(
+            "A training loop calls model.train() at the start of every epoch, and Module.train() "
+            "sets EVERY submodule's flag, the BN layers' included: eval() called once before "
+            "fine-tuning is undone at the first epoch. Make the freeze survive it, for example "
+            "by giving each BN layer a train method that keeps it in evaluation mode "
+            "(bn.train = lambda mode=True: nn.Module.train(bn, False)), or by overriding train() "
+            "of the model so that it switches the BN layers back to eval() after the rest."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"freeze_batchnorm": ({"persist": False},)},
+    ),
+    Misconception(
+        name="whole-model-frozen-in-eval",
+        title="the whole network kept in evaluation mode for fine-tuning",
+        feedback=(
+            "model.eval() switches every layer, dropout included: dropout then stops dropping "
+            "units and no longer regularizes the fine-tuning. Only the BN layers belong in "
+            "evaluation mode; select them with isinstance(m, nn.modules.batchnorm._BatchNorm) "
+            "(which covers BatchNorm1d, 2d and 3d) and leave the rest in training mode."
+        ),
+        page="dropout",
+        anchor="do-eval",
+        mutants={"freeze_batchnorm": ({"which": "all"},)},
+    ),
+    Misconception(
+        name="bn-affine-not-frozen",
+        title="BN's gamma and beta left trainable",
+        feedback=(
+            "Evaluation mode freezes the running statistics only: gamma and beta are parameters "
+            "and keep receiving gradients, so the optimizer keeps changing them. Freezing batch "
+            "norm for fine-tuning means both: bn.eval() for the statistics and "
+            "requires_grad_(False) on bn.weight and bn.bias."
+        ),
+        page="batchnorm",
+        anchor="bn-affine",
+        mutants={"freeze_batchnorm": ({"affine": "trainable"},)},
+    ),
+    Misconception(
+        name="all-parameters-frozen",
+        title="every parameter frozen, not only batch norm's",
+        feedback=(
+            "requires_grad_(False) on model.parameters() freezes the whole network: nothing "
+            "learns during fine-tuning. Freeze the parameters of the BN layers only "
+            "(bn.parameters()); the weight layers and the classifier keep training."
+        ),
+        page="batchnorm",
+        anchor="bn-eval",
+        mutants={"freeze_batchnorm": ({"parameters": "all"},)},
+    ),
+    Misconception(
+        name="gn-batch-statistics",
+        title="group norm statistics taken over the batch",
+        feedback=(
+            "Group norm normalizes every sample on its own: the mean and variance of a group "
+            "are computed over that group's channels and positions in ONE sample, never over "
+            "the batch axis N. That is what makes it independent of the batch size (a batch of "
+            "one is normalized like any other) and identical in training and evaluation."
+        ),
+        page="batchnorm",
+        anchor="bn-batch-of-one",
+        mutants={"group_norm": ({"axes": "batch"},)},
+    ),
+    Misconception(
+        name="gn-unbiased-variance",
+        title="group norm normalized with the unbiased variance",
+        feedback=(
+            "Group norm, like batch norm, normalizes with the BIASED variance of the values it "
+            "normalizes, mean((x - mean)^2), dividing by their number. torch.var and Tensor.var "
+            "divide by n - 1 unless given unbiased=False (or correction=0); with few values per "
+            "group the difference is large."
+        ),
+        page="batchnorm",
+        anchor="bn-unbiased-variance",
+        mutants={"group_norm": ({"variance": "unbiased"},)},
+    ),
+    Misconception(
+        name="gn-interleaved-groups",
+        title="channels grouped in turn instead of consecutively",
+        feedback=(
+            "The groups of group norm are CONSECUTIVE channels: with C channels and G groups, "
+            "channels 0 to C/G - 1 form group 0, the next C/G group 1, and so on, which is what "
+            "x.reshape(N, G, -1) gives. Reshaping to (N, C/G, G, ...) and reducing over the "
+            "first axis puts channel c in group c % G, a different partition."
+        ),
+        page="batchnorm",
+        anchor="bn-axes",
+        mutants={"group_norm": ({"grouping": "interleaved"},)},
+    ),
+    Misconception(
+        name="gn-group-size-confused",
+        title="num_groups taken as the number of channels per group",
+        feedback=(
+            "num_groups is the NUMBER of groups G, each of C / G consecutive channels: "
+            "x.reshape(N, num_groups, -1). Taking it as the size of a group normalizes C / G "
+            "groups of G channels instead (the same only where G * G = C)."
+        ),
+        page="batchnorm",
+        anchor="bn-axes",
+        mutants={"group_norm": ({"grouping": "group_size"},)},
     ),
 )

@@ -1,7 +1,8 @@
 """A guard that stops a submission from delegating to a reference implementation.
 
 While :func:`forbid_reference` is active, calling torch's own normalization or dropout (functional
-or module), any operator of ``torch.ops`` (an ATen kernel, by whatever name it was looked up) or
+or module), any operator of ``torch.ops`` (an ATen kernel, by whatever name it was looked up),
+torch's Python decompositions and batch-norm fusion routines (``torch.nn.utils.fusion``) or
 any function of :mod:`bncourse.nn` raises :class:`ReferenceCallError`. The checks compute their expected values before entering the guard,
 so only the submission's code runs under it.
 
@@ -175,10 +176,24 @@ _DECOMPOSITION_DIRS = tuple(
 )
 
 
+# torch's Python routines that fold batch norm into the layer before it (the weights of a fused
+# Linear or Conv, the modules fused for quantization): what folding exercises ask for, in one call.
+_FUSION_FILES = tuple(
+    os.path.join(_TORCH_DIR, *parts)
+    for parts in (
+        ("nn", "utils", "fusion.py"),
+        ("ao", "quantization", "fuse_modules.py"),
+        ("ao", "quantization", "fuser_method_mappings.py"),
+        ("fx", "experimental", "optimization.py"),
+    )
+)
+
+
 def _decomposition_entry(code: Any, caller: Any) -> str | None:
-    """``torch.<module>.<function>`` when code outside torch calls into torch's decompositions."""
+    """``torch.<module>.<function>`` when code outside torch calls into torch's decompositions or
+    its batch-norm fusion routines."""
     filename = _absolute(code.co_filename)
-    if not filename.startswith(_DECOMPOSITION_DIRS):
+    if not filename.startswith(_DECOMPOSITION_DIRS) and filename not in _FUSION_FILES:
         return None
     if caller is not None and _absolute(caller.f_code.co_filename).startswith(_TORCH_DIR):
         return None  # torch calling its own decompositions

@@ -53,6 +53,14 @@ def _module_handle(module: nn.Module) -> int:
     return _register(module).id
 
 
+def _own_train(module: nn.Module) -> Handle | None:
+    """A handle of ``module.train`` where the notebook replaced it (on the instance or in a class
+    of its own), so that the grader's copy switches modes as the notebook's does."""
+    if "train" in vars(module) or type(module).train is not nn.Module.train:
+        return _register(module.train)
+    return None
+
+
 def _lookup_handle(node: dict[str, Any]) -> Any:
     handle = node["id"]
     if handle not in _objects:
@@ -193,7 +201,7 @@ def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[An
     finally:
         for h in hooks:
             h.remove()
-    encoder = Encoder(opaque=_register, module_handle=_module_handle)
+    encoder = Encoder(opaque=_register, module_handle=_module_handle, own_train=_own_train)
     response: dict[str, Any] = {
         "violations": [list(g.violations) for g in guards],
         "rng": _rng(encoder),
@@ -204,7 +212,12 @@ def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[An
     if error is not None:
         response["error"] = _describe(error, guards)
         return response, encoder
-    result_encoder = Encoder(opaque=_register, references=references, module_handle=_module_handle)
+    result_encoder = Encoder(
+        opaque=_register,
+        references=references,
+        module_handle=_module_handle,
+        own_train=_own_train,
+    )
     result_encoder.tensors = encoder.tensors
     response["result"] = result_encoder.encode(result)
     inputs = [(p, t) for p, t in _flat_tensors(arguments) if t.requires_grad]
@@ -238,7 +251,7 @@ def _backward(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tupl
 
 def _lookup(request: dict[str, Any]) -> tuple[Any, Encoder]:
     namespace = _user_namespace()
-    encoder = Encoder(opaque=_register, module_handle=_module_handle)
+    encoder = Encoder(opaque=_register, module_handle=_module_handle, own_train=_own_train)
     found = {}
     for name in request["names"]:
         if name not in namespace:

@@ -7,7 +7,9 @@ the arguments as the call left them (a running mean updated in place, a network'
 weights), and what the check's hooks would have seen. A result that depends on arguments that
 require grad is joined to them by :class:`_RemoteGraph`, whose backward pass asks the kernel.
 Modules of allowed ``torch.nn`` classes are rebuilt here and run here; a module whose class the
-notebook defined is a :class:`RemoteModule`, whose forward pass runs in the kernel.
+notebook defined is a :class:`RemoteModule`, whose forward pass runs in the kernel. A module whose
+``train`` method the notebook replaced gets a :class:`TrainInKernel` as its ``train``: switching
+it to training or evaluation mode runs the notebook's method there and takes the flags back.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from bncourse.trusted.wire import (
     write_message,
 )
 
-__all__ = ["Kernel", "KernelError", "RemoteError", "RemoteModule", "RemoteObject"]
+__all__ = [
+    "Kernel",
+    "KernelError",
+    "RemoteError",
+    "RemoteModule",
+    "RemoteObject",
+    "TrainInKernel",
+]
 
 
 class KernelError(RuntimeError):
@@ -99,6 +108,39 @@ class RemoteModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"class {self._bncourse_type_name} of the notebook"
+
+
+class TrainInKernel:
+    """The ``train`` method of a module whose ``train`` the notebook replaced: it runs the
+    notebook's method on the kernel's module and gives this module, and every module inside it,
+    the train/eval flags and ``requires_grad`` flags that the kernel's came out with."""
+
+    def __init__(self, module: nn.Module, method: Any) -> None:
+        self._module = module
+        self._method = method
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        result = self._method(bool(mode))
+        if isinstance(result, nn.Module):
+            _copy_flags(self._module, result)
+        return self._module
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TrainInKernel:
+        # a copy of the module (copied before its attributes) asks the same kernel method
+        return TrainInKernel(memo.get(id(self._module), self._module), self._method)
+
+
+def _copy_flags(module: nn.Module, source: nn.Module) -> None:
+    """``module`` and its submodules take the train/eval flags and parameters' ``requires_grad``
+    of the modules of ``source`` with the same names."""
+    found = dict(source.named_modules())
+    for name, m in module.named_modules():
+        if name in found:
+            m.training = bool(found[name].training)
+    params = dict(source.named_parameters())
+    for name, p in module.named_parameters():
+        if name in params:
+            p.requires_grad_(bool(params[name].requires_grad))
 
 
 class _RemoteGraph(torch.autograd.Function):
@@ -213,6 +255,7 @@ class Kernel:
             handle=lambda node: RemoteObject(self, Handle(int(node["id"]), str(node.get("type")))),
             shell=lambda node: RemoteModule(self, int(node["handle"]), str(node.get("name"))),
             arguments=arguments,
+            own_train=TrainInKernel,
         )
 
     def _encoder(self) -> Encoder:

@@ -11,6 +11,11 @@ The tree's tagged nodes (``{"$t": kind, ...}``):
 ``float`` (nan and infinities), ``tuple``, ``dict``, ``tensor``, ``ndarray``, ``dtype``,
 ``device``, ``generator``, ``module``, ``handle`` (an object of the kernel), ``ref`` (an object of
 the call's arguments, by its path in them).
+
+A module whose ``train`` method the notebook replaced (on the instance, or in a class of its own,
+as a fine-tuning helper that keeps batch norm frozen does) carries a handle of that method: where
+it is rebuilt, its ``train`` asks the kernel (``Decoder.own_train``), so that a later
+``model.train()`` or ``model.eval()`` behaves as in the notebook.
 """
 
 from __future__ import annotations
@@ -209,6 +214,7 @@ class Encoder:
     opaque: Callable[[Any], Handle] | None = None
     references: dict[int, list] = field(default_factory=dict)
     module_handle: Callable[[nn.Module], int | None] = lambda m: None
+    own_train: Callable[[nn.Module], Handle | None] = lambda m: None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _tensor(self, t: torch.Tensor) -> str:
@@ -278,7 +284,7 @@ class Encoder:
             sum(not is_dummy_hook(h) for h in module._forward_hooks.values()),
             hook_counts(module)[2],
         ]
-        return {
+        node = {
             "$t": "module",
             "cls": name,
             "name": type(module).__name__,
@@ -302,6 +308,10 @@ class Encoder:
                 k for k in module._buffers if k not in module._non_persistent_buffers_set
             ],
         }
+        own = self.own_train(module)
+        if own is not None:
+            node["train"] = self.encode(own, depth + 1)
+        return node
 
 
 def _expect(condition: bool, what: str) -> None:
@@ -333,7 +343,8 @@ class Decoder:
     ``handle(node)`` turns a handle node into an object (the kernel looks its object up; the
     grader makes a stand-in); ``module_for(handle)`` gives the module a module node with a handle
     refers to, or None; ``device`` maps the sender's device names (the kernel may lack CUDA).
-    ``arguments`` resolves ``ref`` nodes.
+    ``arguments`` resolves ``ref`` nodes. ``own_train(module, handle)``, where given, makes the
+    stand-in ``train`` method of a module whose node carries a handle of the kernel's ``train``.
     """
 
     tensors: dict[str, torch.Tensor]
@@ -342,6 +353,7 @@ class Decoder:
     shell: Callable[[dict[str, Any]], nn.Module] | None = None
     arguments: Any = None
     device: Callable[[str], torch.device] = torch.device
+    own_train: Callable[[nn.Module, Any], Callable[..., Any]] | None = None
 
     def _tensor(self, key: Any) -> torch.Tensor:
         _expect(isinstance(key, str) and key in self.tensors, "a tensor is missing")
@@ -444,6 +456,14 @@ def apply_module_state(
     """
     _expect(depth <= MAX_DEPTH, "too deeply nested")
     module.training = bool(node.get("training", True))
+    if is_dummy_hook(vars(module).get("train")):
+        del module.__dict__["train"]  # a stand-in of an earlier answer
+    own = node.get("train")
+    if own is not None and decoder.own_train is not None:
+        _expect(isinstance(own, dict) and own.get("$t") == "handle", "a bad train method")
+        stand_in = decoder.own_train(module, decoder.decode(own, depth + 1))
+        stand_in._bncourse_stand_in = True
+        module.__dict__["train"] = stand_in
     children = node.get("children") or []
     _expect(isinstance(children, list), "bad children")
     new_children: dict[str, nn.Module | None] = {}
