@@ -18,6 +18,7 @@ from torch import nn
 
 from bncourse.lab.convnets import small_cnn
 from bncourse.lab.data import Dataset, load_digits
+from bncourse.lab.models import bn_layers
 from bncourse.lab.recalibrate import recalibrate_bn
 from bncourse.lab.rnn import NormRNN, rnn_accuracy, sign_of_sum, train_rnn
 from bncourse.lab.train import evaluate, train
@@ -30,6 +31,7 @@ __all__ = [
     "run_trials",
     "mc_dropout_accuracy",
     "set_dropout_train",
+    "finetune",
 ]
 
 #: Numbers quoted from the literature and the seed articles, with where they come from.
@@ -196,3 +198,50 @@ def mc_dropout_accuracy(
         model.load_state_dict(saved)
         model.eval()
     return 100 * (probs.argmax(1) == y).float().mean().item()
+
+
+def finetune(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    bn_eval: bool = False,
+    freeze_bn_affine: bool = False,
+    steps: int = 20,
+    batch_size: int = 32,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> nn.Module:
+    """Fine-tune ``model`` in place for ``steps`` SGD steps on ``(x, y)``; returned in eval mode.
+
+    The model is put in training mode; ``bn_eval`` then puts its BN layers back in evaluation
+    mode (their running statistics stay as they are and they normalize with them);
+    ``freeze_bn_affine`` sets ``requires_grad=False`` on the BN layers' weight and bias, which
+    stops the optimizer but not the running statistics. The flags are restored afterwards.
+    """
+    layers = [bn for _, bn in bn_layers(model)]
+    saved = [[p.requires_grad for p in bn.parameters()] for bn in layers]
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for bn in layers:
+        if bn_eval:
+            bn.eval()
+        if freeze_bn_affine:
+            bn.requires_grad_(False)
+    try:
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(steps):
+                idx = torch.randint(len(y), (batch_size,), generator=g)
+                loss = loss_fn(model(x[idx]), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        for bn, flags in zip(layers, saved, strict=True):
+            for p, flag in zip(bn.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+        model.eval()
+    return model
