@@ -167,3 +167,21 @@ def test_combined_shard_statistics_are_the_full_batch_statistics(sizes):
 def test_combine_statistics_needs_a_shard():
     with pytest.raises(ValueError, match="at least one device"):
         bnn.combine_statistics([])
+
+
+def test_everything_runs_on_the_device_and_matches_torch(device):
+    x = _asymmetric(4, 6, 3, 3).to(device)
+    gn = nn.GroupNorm(3, 6).double().to(device)
+    torch.testing.assert_close(bnn.group_norm(x, 3, gn.weight, gn.bias), gn(x), **TIGHT)
+    ln = nn.LayerNorm([6, 3, 3]).double().to(device)
+    torch.testing.assert_close(bnn.layer_norm(x, [6, 3, 3], ln.weight, ln.bias), ln(x), **TIGHT)
+    model = nn.Sequential(nn.Conv2d(6, 5, 3, bias=False), nn.BatchNorm2d(5, momentum=0.3))
+    model = model.double().to(device)
+    model(x)  # training mode: fills the running statistics
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(bnn.fold_sequential(model)(x), model(x), **TIGHT)
+    total = bnn.combine_statistics([bnn.shard_statistics(s) for s in x.split([1, 3])])
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(total.var, var, **TIGHT)
+    torch.testing.assert_close(total.mean, mean, **TIGHT)

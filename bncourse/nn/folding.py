@@ -39,8 +39,9 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
     scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.to(dtype)
-    bias = layer.bias if layer.bias is not None else torch.zeros(channels, dtype=dtype)
-    new_bias = (bias.to(layer.weight.device) - bn.running_mean.to(dtype)) * scale
+    weight = layer.weight
+    bias = layer.bias if layer.bias is not None else weight.new_zeros(channels)
+    new_bias = (bias - bn.running_mean.to(dtype)) * scale
     if bn.bias is not None:
         new_bias = new_bias + bn.bias.to(dtype)
     folded = copy.deepcopy(layer)

@@ -52,7 +52,8 @@ def combine_statistics(shards: Sequence[ShardStatistics]) -> ShardStatistics:
     """The global count, mean and biased variance from every device's :class:`ShardStatistics`."""
     if not shards:
         raise InputError("shards must hold the statistics of at least one device")
-    counts = torch.tensor([s.count for s in shards], dtype=shards[0].mean.dtype)
+    first = shards[0].mean
+    counts = torch.tensor([s.count for s in shards], dtype=first.dtype, device=first.device)
     means = torch.stack([s.mean for s in shards])  # (devices, C)
     variances = torch.stack([s.var for s in shards])
     n = counts.sum()
