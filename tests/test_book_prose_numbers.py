@@ -19,6 +19,7 @@ CHECKED = [
     "variance_shift_measured",
     "variance_shift_theory",
     "why_batchnorm",
+    "bn_dropout_practice",
 ]
 
 #: Numbers that are names or definitions, not results: what may stay typed, and why.

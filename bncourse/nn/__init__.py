@@ -7,6 +7,7 @@ their ``torch.nn`` twins (see :mod:`bncourse.nn.modules` for the two documented 
 """
 
 from bncourse.nn.checks import InputError, NotATensorError, UnsupportedDtypeError
+from bncourse.nn.folding import fold_batchnorm, fold_sequential
 from bncourse.nn.functional import (
     alpha_dropout,
     batch_norm,
@@ -31,6 +32,8 @@ from bncourse.nn.modules import (
     GaussianDropout,
     Uout,
 )
+from bncourse.nn.normalization import GroupNorm, LayerNorm, group_norm, layer_norm
+from bncourse.nn.sync import ShardStatistics, combine_statistics, shard_statistics
 
 __all__ = [
     "alpha_dropout",
@@ -53,6 +56,15 @@ __all__ = [
     "GaussianDropout",
     "Uout",
     "FUSER_METHODS",
+    "fold_batchnorm",
+    "fold_sequential",
+    "group_norm",
+    "layer_norm",
+    "GroupNorm",
+    "LayerNorm",
+    "ShardStatistics",
+    "shard_statistics",
+    "combine_statistics",
     "InputError",
     "NotATensorError",
     "UnsupportedDtypeError",
