@@ -89,13 +89,13 @@ def _fake(effect) -> co.Results:
             {
                 "index": i,
                 "d": 64 if i == 1 else c["width"],
-                "d_cos2": 1.0 if i == 1 else widthish ** 0.5 * (1 + 0.01 * c["seed"]),
+                "d_cos2": 1.0 if i == 1 else widthish**0.5 * (1 + 0.01 * c["seed"]),
                 "rho": 0.01,
-                "gain": 2.0 * widthish ** 0.5,
+                "gain": 2.0 * widthish**0.5,
                 "gain_shared": 1.0,
                 "predicted": 1.5 + 0.001 * c["seed"],
-                "predicted_exact": 1 + 0.3 / widthish ** 0.5 + 0.001 * c["seed"],
-                "measured": 1 + 0.35 / widthish ** 0.5 + 0.002 * c["seed"],
+                "predicted_exact": 1 + 0.3 / widthish**0.5 + 0.001 * c["seed"],
+                "measured": 1 + 0.35 / widthish**0.5 + 0.002 * c["seed"],
             }
             for i in (1, 2, 3)
         ]
@@ -120,9 +120,18 @@ def _weight_helps_small(c: dict) -> float:
 
 def test_the_sweep_says_where_dropout_helps_and_hurts():
     sweep = co.SizeSweep(_fake(_weight_helps_small))
-    assert sweep.verdicts(2) == {50: "better", 100: "better", 200: "worse", 400: "worse", 0: "worse"}
+    assert sweep.verdicts(2) == {
+        50: "better",
+        100: "better",
+        200: "worse",
+        400: "worse",
+        0: "worse",
+    }
     assert set(sweep.verdicts(1).values()) == {"equivalent"}
-    assert sweep.sentence(2) == "helps with 50 and 100 training images and hurts with 200, 400 and 1,348 training images"
+    assert (
+        sweep.sentence(2)
+        == "helps with 50 and 100 training images and hurts with 200, 400 and 1,348 training images"
+    )
     assert sweep.trend(2).verdict == "decreasing"
     remark = sweep.remark_verdict()
     assert remark.startswith("the data support the remark for dropout p = 0.3 before every weight")

@@ -126,4 +126,6 @@ def test_the_probe_leaves_the_model_as_it_was():
     assert model.training and all(m.training for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert np.isfinite([g.predicted_exact for g in measure_geometry(model, _data(torch.randn(50, 64)))]).all()
+    assert np.isfinite(
+        [g.predicted_exact for g in measure_geometry(model, _data(torch.randn(50, 64)))]
+    ).all()
