@@ -145,8 +145,8 @@ def train_steps(
 ) -> float:
     """Train ``model`` in place for ``steps`` SGD steps (cross-entropy); return the seconds taken.
 
-    Batches come from reshuffled passes over the training split; ``seed`` fixes the order and the
-    noise. The model is left in evaluation mode.
+    Batches come from reshuffled passes over the training split, full batches only (the rest of
+    a pass waits for the next shuffle); ``seed`` fixes the order and the noise. The model is left in evaluation mode.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -159,7 +159,9 @@ def train_steps(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         while done < steps:
-            for idx in batches(data.num_train, min(batch_size, data.num_train), True, order):
+            size = min(batch_size, data.num_train)
+            # full batches only: a small remainder batch would give BN noisy statistics
+            for idx in batches(data.num_train, size, True, order, drop_last=True):
                 idx = idx.to(device)
                 loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
                 optimizer.zero_grad(set_to_none=True)

@@ -399,27 +399,14 @@ class WidthStudy:
             if measured
             else "the measured shift does not shrink detectably with width"
         )
-        tail = []
-        tail.append(
-            "the paper's formula with one shared correlation ρ "
-            + (
-                "predicts that too"
-                if shared == measured and shared
-                else "predicts a shrinking shift"
-                if shared
-                else "predicts no shrinking"
-            )
-        )
-        tail.append(
-            "the same formula with the inputs' full covariance "
-            + (
-                "predicts that too"
-                if exact == measured and exact
-                else "predicts a shrinking shift"
-                if exact
-                else "predicts no shrinking"
-            )
-        )
+
+        def says(shrinking: bool) -> str:
+            return "predicts a shrinking shift" if shrinking else "predicts no shrinking"
+
+        tail = [
+            f"the paper's formula with one shared correlation ρ {says(shared)}",
+            f"the same formula with the inputs' full covariance {says(exact)}",
+        ]
         return head + "; " + _list(tail)
 
 
@@ -577,8 +564,16 @@ def glue_cooperate(sweep: SizeSweep, width: WidthStudy, table: PlacementTable) -
     glue_text("co_w_verdict", width.verdict())
     glue_text("co_w_gain_vs_shared", width.gain_sentence())
     glue_text("co_w_closer", width.closer())
-    for key in ("predicted_exact", "predicted"):
-        glue_text(f"co_w_ratio_{key}", width.ratio(key).sentence(f"the {GEOMETRY_FIELDS[key]}"))
+    for key, name in (
+        ("predicted_exact", "the covariance prediction"),
+        ("predicted", "the formula's"),
+    ):
+        r = width.ratio(key)
+        glue_text(
+            f"co_w_ratio_{key}",
+            f"{r.gmean:.2f} times {name} (geometric mean over {r.n} networks, "
+            f"{100 * r.confidence:g}% CI {r.low:.2f} to {r.high:.2f})",
+        )
 
     # the placement table
     glue_number("co_table_n", table.baseline.n_train)
@@ -595,24 +590,16 @@ def _describe(r: Runs) -> str:
 
 
 def _pairs(rows: list[Runs], key: str) -> list[tuple[Runs, Runs]]:
-    """Pairs of rows whose settings differ in ``key`` alone (and in what ``key`` implies)."""
-    ignore = {key, "beta", "p"} if key == "noise" else {key}
+    """Pairs of rows whose settings differ in ``key`` alone (kinds: at the same ``p``, no Uout)."""
     out = []
     for i, a in enumerate(rows):
         for b in rows[i + 1 :]:
-            same = {k: v for k, v in a.case.items() if k not in ignore}
-            other = {k: v for k, v in b.case.items() if k not in ignore}
-            if same == other and a.case.get(key) != b.case.get(key):
-                if (
-                    key == "noise"
-                    and a.case.get("p") != b.case.get("p")
-                    and "uout"
-                    not in (
-                        a.case.get("noise"),
-                        b.case.get("noise"),
-                    )
-                ):
-                    continue
+            same = {k: v for k, v in a.case.items() if k != key}
+            other = {k: v for k, v in b.case.items() if k != key}
+            kinds = {a.case.get("noise", "bernoulli"), b.case.get("noise", "bernoulli")}
+            if key == "noise" and "uout" in kinds:
+                continue  # Uout has no drop probability to match
+            if same == other and a.case.get(key, "bernoulli") != b.case.get(key, "bernoulli"):
                 out.append((a, b))
     return out
 
