@@ -167,6 +167,8 @@ def test_the_placement_table_marks_each_row_against_no_dropout():
     assert verdicts["before every BN"] == "worse"
     assert table.advice().startswith("more accurate than no dropout: dropout p = 0.3 before every")
     assert table.best().case["placement"] == "before_weight"
+    assert "; less accurate: dropout p = 0.3 before every BN" in table.advice()
+    assert "; equivalent within ±1.0 points: dropout p = 0.1 after the last BN" in table.advice()
     assert "Gaussian dropout p = 0.3 before every BN against dropout p = 0.3 before every BN" in (
         co._pair_sentences(table.rows[1:], "noise")
     )
@@ -176,3 +178,11 @@ def test_results_refuse_a_configuration_that_was_not_run():
     results = _fake(lambda c: 0.0)
     with pytest.raises(ValueError, match="no result for"):
         results.runs("x", {"n_train": 7})
+
+
+def test_the_best_row_is_named_only_when_it_is_not_the_reference():
+    table = co.PlacementTable(_fake(lambda c: -2.0 if c["placement"] != "none" else 0.0))
+    assert table.best() is table.baseline
+    assert table.best_sentence().startswith("none has a higher mean test accuracy")
+    table = co.PlacementTable(_fake(lambda c: 2.0 if c["placement"] == "after_bn" else 0.0))
+    assert "after the last BN" in table.best_sentence()

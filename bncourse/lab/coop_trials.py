@@ -58,7 +58,7 @@ COOP_TRIAL: dict = {
     "noise": "bernoulli",
     "p": 0.0,
     "beta": 0.0,
-    "steps": 150,
+    "steps": 120,
     "batch_size": 32,
     "lr": 0.05,
     "momentum": 0.9,

@@ -455,6 +455,16 @@ class PlacementTable:
         """The row with the highest mean test accuracy."""
         return max(self.rows, key=lambda r: r.accuracy.mean)
 
+    def best_sentence(self) -> str:
+        """Which row has the highest mean test accuracy, beside the network without dropout."""
+        best, base = self.best(), self.baseline.accuracy.mean
+        if best is self.baseline:
+            return f"none has a higher mean test accuracy than the network without dropout ({base:.1f}%)"
+        return (
+            f"the highest mean test accuracy is that of {_describe(best)} "
+            f"({best.accuracy.mean:.1f}%, against {base:.1f}% without dropout)"
+        )
+
     def table(self) -> str:
         conf = f"{100 * CONFIDENCE:g}%"
         rows = []
@@ -498,9 +508,12 @@ class PlacementTable:
             parts.append("no row is more accurate than the network without dropout")
         if groups.get("worse"):
             parts.append(f"less accurate: {describe(groups['worse'])}")
-        rest = groups.get("equivalent", []) + groups.get("within noise", [])
-        if rest:
-            parts.append(f"no detectable difference: {describe(rest)}")
+        if groups.get("equivalent"):
+            parts.append(
+                f"equivalent within ±{MARGIN_POINTS:.1f} points: {describe(groups['equivalent'])}"
+            )
+        if groups.get("within noise"):
+            parts.append(f"within the seed-to-seed noise: {describe(groups['within noise'])}")
         return "; ".join(parts)
 
 
@@ -578,10 +591,7 @@ def glue_cooperate(sweep: SizeSweep, width: WidthStudy, table: PlacementTable) -
     # the placement table
     glue_number("co_table_n", table.baseline.n_train)
     glue_text("co_advice", table.advice())
-    best = table.best()
-    glue_text("co_best", f"{_kind(best.case)} {_amount(best.case)} {_where(best.case)}")
-    glue_number("co_best_acc", best.accuracy.mean)
-    glue_number("co_table_base", table.baseline.accuracy.mean)
+    glue_text("co_best", table.best_sentence())
     glue_placement_advice(table)
 
 
