@@ -264,8 +264,9 @@ class SizeSweep:
         yes = [label for label, ns in helped.items() if ns]
         if not yes:
             return (
-                "the data do not support the remark: neither placement of dropout tried here made "
-                "this BN network more accurate at any training-set size"
+                "the data do not support the remark: no placement of dropout tried here ("
+                + _list(list(helped))
+                + ") made this BN network more accurate at any training-set size"
             )
         no = [label for label, ns in helped.items() if not ns]
         at_small = [label for label in yes if small in helped[label]]
