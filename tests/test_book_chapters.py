@@ -73,6 +73,11 @@ CHAPTERS = {
         "figures": ["bp-sweep-figure"],
         "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
     },
+    "bn_dropout_cooperate": {
+        "labels": ["co-setup", "co-small-data", "co-width", "co-placement"],
+        "figures": ["co-sweep-figure", "co-width-figure"],
+        "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
+    },
 }
 
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")

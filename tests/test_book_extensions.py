@@ -65,3 +65,19 @@ def test_an_inline_script_registered_twice_is_written_once() -> None:
         (None, body),
         ("", "var other = 1"),
     ]
+
+
+glued_alt = load_extension("glued_alt")
+
+
+def test_glued_alt_text_is_the_glued_string_without_its_quotes():
+    assert glued_alt.glued_text({"text/plain": "'Line plot: 3 points, it\\'s rising'"}) == (
+        "Line plot: 3 points, it's rising"
+    )
+    assert glued_alt.glued_text({"text/plain": "42"}) == "42"  # a number's repr as it is
+    assert glued_alt.glued_text({"text/plain": "<Figure size 640x480>"}) == "<Figure size 640x480>"
+
+
+def test_glue_figure_accepts_alt_glue_besides_myst_nbs_options():
+    options = glued_alt.PasteFigureWithGluedAlt.option_spec
+    assert {"alt", "alt-glue", "name"} <= set(options)

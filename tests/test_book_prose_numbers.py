@@ -20,6 +20,7 @@ CHECKED = [
     "variance_shift_theory",
     "why_batchnorm",
     "bn_dropout_practice",
+    "bn_dropout_cooperate",
 ]
 
 #: Numbers that are names or definitions, not results: what may stay typed, and why.
