@@ -7,9 +7,6 @@ Call :func:`bncourse.lab.style.use_course_style` first.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +21,6 @@ __all__ = [
     "markdown_table",
     "format_mean_std",
     "plot_intervals",
-    "FigureWithAlt",
 ]
 
 
@@ -128,26 +124,3 @@ def plot_intervals(
         linestyle=linestyle,
         capsize=3,
     )
-
-
-class FigureWithAlt:
-    """A matplotlib figure as a PNG image with an alt text computed from the data it shows.
-
-    In an HTML page (the book, Jupyter) it is an ``<img>`` with that ``alt``; elsewhere the PNG.
-    Glue it in place of the figure so that the alt text, like the prose, follows the data.
-    """
-
-    def __init__(self, fig: Any, alt: str) -> None:
-        if not isinstance(alt, str) or len(alt.split()) < 5:
-            raise ValueError(f"alt must describe the figure in a few words, got {alt!r}")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", bbox_inches="tight")
-        self.png = buffer.getvalue()
-        self.alt = alt
-
-    def _repr_png_(self) -> bytes:
-        return self.png
-
-    def _repr_html_(self) -> str:
-        data = base64.b64encode(self.png).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt)}"/>'
