@@ -1126,8 +1126,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "itself scales every output channel by a wrong factor, too small where the variance "
             "is above 1 and too large where it is below."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-folding",
         mutants={"fold_batchnorm": ({"spread": "var"},)},
     ),
     Misconception(
@@ -1139,8 +1139,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "(b - running_mean) * s + beta with s = gamma / sqrt(running_var + eps); leaving b "
             "out is right only for a layer built with bias=False (bias is None)."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-folding",
         mutants={"fold_batchnorm": ({"bias_kind": "dropped"},)},
     ),
     Misconception(
@@ -1152,8 +1152,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "b = 0 for a layer without bias). Scaling the bias and adding beta without the mean "
             "shifts every output channel by running_mean * s."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-folding",
         mutants={"fold_batchnorm": ({"bias_kind": "mean_kept"},)},
     ),
     Misconception(
@@ -1165,8 +1165,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "with each output channel's row (or filter) multiplied by its s. Adjusting the bias "
             "alone leaves the normalization of W x out."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-folding",
         mutants={"fold_batchnorm": ({"weight_axis": "none"},)},
     ),
     Misconception(
@@ -1180,8 +1180,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "instead (and broadcasting a (C,) vector against the weight lines it up with the "
             "LAST axis)."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-folding",
         mutants={"fold_batchnorm": ({"weight_axis": "in"},)},
     ),
     Misconception(
@@ -1194,8 +1194,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "with the fine-tuning data at every forward pass. Put the BN layers in evaluation "
             "mode as well (bn.eval()), and keep them there."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-finetune",
         mutants={"freeze_batchnorm": ({"stats": "training"},)},
     ),
     Misconception(
@@ -1209,8 +1209,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "(bn.train = lambda mode=True: nn.Module.train(bn, False)), or by overriding train() "
             "of the model so that it switches the BN layers back to eval() after the rest."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-finetune",
         mutants={"freeze_batchnorm": ({"persist": False},)},
     ),
     Misconception(
@@ -1222,8 +1222,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "evaluation mode; select them with isinstance(m, nn.modules.batchnorm._BatchNorm) "
             "(which covers BatchNorm1d, 2d and 3d) and leave the rest in training mode."
         ),
-        page="dropout",
-        anchor="do-eval",
+        page="bn_dropout_practice",
+        anchor="bp-finetune",
         mutants={"freeze_batchnorm": ({"which": "all"},)},
     ),
     Misconception(
@@ -1235,8 +1235,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "norm for fine-tuning means both: bn.eval() for the statistics and "
             "requires_grad_(False) on bn.weight and bn.bias."
         ),
-        page="batchnorm",
-        anchor="bn-affine",
+        page="bn_dropout_practice",
+        anchor="bp-finetune",
         mutants={"freeze_batchnorm": ({"affine": "trainable"},)},
     ),
     Misconception(
@@ -1247,8 +1247,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "learns during fine-tuning. Freeze the parameters of the BN layers only "
             "(bn.parameters()); the weight layers and the classifier keep training."
         ),
-        page="batchnorm",
-        anchor="bn-eval",
+        page="bn_dropout_practice",
+        anchor="bp-finetune",
         mutants={"freeze_batchnorm": ({"parameters": "all"},)},
     ),
     Misconception(
@@ -1260,8 +1260,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "the batch axis N. That is what makes it independent of the batch size (a batch of "
             "one is normalized like any other) and identical in training and evaluation."
         ),
-        page="batchnorm",
-        anchor="bn-batch-of-one",
+        page="bn_dropout_practice",
+        anchor="bp-small-batches",
         mutants={"group_norm": ({"axes": "batch"},)},
     ),
     Misconception(
@@ -1273,8 +1273,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "divide by n - 1 unless given unbiased=False (or correction=0); with few values per "
             "group the difference is large."
         ),
-        page="batchnorm",
-        anchor="bn-unbiased-variance",
+        page="bn_dropout_practice",
+        anchor="bp-small-batches",
         mutants={"group_norm": ({"variance": "unbiased"},)},
     ),
     Misconception(
@@ -1286,8 +1286,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "x.reshape(N, G, -1) gives. Reshaping to (N, C/G, G, ...) and reducing over the "
             "first axis puts channel c in group c % G, a different partition."
         ),
-        page="batchnorm",
-        anchor="bn-axes",
+        page="bn_dropout_practice",
+        anchor="bp-small-batches",
         mutants={"group_norm": ({"grouping": "interleaved"},)},
     ),
     Misconception(
@@ -1298,8 +1298,8 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "x.reshape(N, num_groups, -1). Taking it as the size of a group normalizes C / G "
             "groups of G channels instead (the same only where G * G = C)."
         ),
-        page="batchnorm",
-        anchor="bn-axes",
+        page="bn_dropout_practice",
+        anchor="bp-small-batches",
         mutants={"group_norm": ({"grouping": "group_size"},)},
     ),
 )

@@ -311,7 +311,7 @@ FOLD = Task(
     },
     channel_dims={"weight": 0, "bias": 0},
     inputs=lambda case: {"weight": case.weight},
-    book=("batchnorm", "bn-eval"),
+    book=("bn_dropout_practice", "bp-folding"),
 )
 
 
@@ -490,7 +490,7 @@ GROUP_NORM = Task(
     variant=group_norm_variant,
     labels={"output": "output", "inputs_unchanged": "x, gamma and beta left unchanged"},
     channel_dims={"output": 1},
-    book=("batchnorm", "bn-axes"),
+    book=("bn_dropout_practice", "bp-small-batches"),
 )
 
 
@@ -738,7 +738,7 @@ FREEZE = Task(
         "bn_affine": "BN gamma and beta after fine-tuning",
     },
     guard={"torch_layers": False},
-    book=("batchnorm", "bn-eval"),
+    book=("bn_dropout_practice", "bp-finetune"),
 )
 
 

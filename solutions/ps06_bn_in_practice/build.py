@@ -12,6 +12,7 @@ from pathlib import Path
 from nbformat import NotebookNode
 
 from bncourse.instructor import nbgrader_cells as c
+from bncourse.published import BOOK_URL
 
 ASSIGNMENT = "ps06_bn_in_practice"
 REPO = Path(__file__).resolve().parents[2]
@@ -26,8 +27,10 @@ POINTS = {
 }
 # The written answer, graded by hand.
 MANUAL_POINTS = {"bn_without_a_batch": 2}
+# The chapter of the course book that teaches this material (its sections: #bp-folding, ...).
+CHAPTER = f"{BOOK_URL}book/bn_dropout_practice.html"
 
-INTRO = r"""
+INTRO = rf"""
 # Problem set 6: Batch norm in practice
 
 Three things practitioners do with Batch Normalization (BN) once a network is trained, and one
@@ -36,6 +39,12 @@ alternative for when there is no batch to normalize over:
 - **folding** BN into the layer before it, so that inference runs one layer instead of two;
 - **freezing** BN while a pretrained network is fine-tuned on small batches of new data;
 - **group normalization**, whose statistics come from one sample alone.
+
+The course book teaches all of it in the chapter
+[*Batch norm and dropout in practice*]({CHAPTER}): read its sections on
+[folding BN]({CHAPTER}#bp-folding) for Part 1, [fine-tuning with frozen BN]({CHAPTER}#bp-finetune)
+for Part 2, [small batches and group norm]({CHAPTER}#bp-small-batches) for Part 3 and
+[a batch of one, online learning and recurrent networks]({CHAPTER}#bp-rnn) for Part 4.
 
 | part | what is graded | points |
 |---|---|---|
@@ -313,7 +322,7 @@ grading.check_group_norm(group_norm, dtype=torch.float64)
 ### END HIDDEN TESTS
 """
 
-PART4 = r"""
+PART4 = rf"""
 ## Part 4: a batch of one, and recurrent networks (2 points, graded by hand)
 
 Explain in a few sentences:
@@ -325,6 +334,9 @@ Explain in a few sentences:
    training, and of what running statistics would have to be kept);
 3. what layer norm and group norm change so that both problems disappear, and what they give up
    in exchange.
+
+The section [a batch of one, online learning and recurrent networks]({CHAPTER}#bp-rnn) of the
+course book measures both problems on a small example.
 
 Answer in the cell below (Markdown and LaTeX are welcome).
 """
