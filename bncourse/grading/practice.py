@@ -25,7 +25,9 @@ hands the function a small network in training mode, then does what a fine-tunin
 one forward pass right away, then ``model.train()`` and a few SGD steps on tiny batches with
 dropout masks drawn from a seed, and compares the output, the losses, the trained weights and
 the BN layers' statistics and affine parameters with the reference. ``fold_batchnorm`` and
-``group_norm`` are checked with torch's normalisation and fusion routines refused.
+``group_norm`` are checked with torch's normalisation and fusion routines refused, against
+``bncourse.nn``'s own ``fold_parameters`` and ``group_norm`` (the variants below reproduce the
+catalogued mistakes).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from bncourse.grading.networks import (
     fresh_copy,
     no_tf32,
 )
+from bncourse.nn.folding import fold_parameters
+from bncourse.nn.normalization import group_norm
 
 __all__ = [
     "FOLD",
@@ -302,7 +306,7 @@ FOLD = Task(
     name="fold_batchnorm",
     function_name="fold_batchnorm",
     run=_run_fold,
-    reference=fold_variant,
+    reference=fold_parameters,
     variant=fold_variant,
     labels={
         "weight": "folded weight",
@@ -486,7 +490,7 @@ GROUP_NORM = Task(
     name="group_norm",
     function_name="group_norm",
     run=_run_group_norm,
-    reference=group_norm_variant,
+    reference=group_norm,
     variant=group_norm_variant,
     labels={"output": "output", "inputs_unchanged": "x, gamma and beta left unchanged"},
     channel_dims={"output": 1},

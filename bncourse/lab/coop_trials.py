@@ -18,10 +18,8 @@ from the cache (:mod:`bncourse.lab.cache`), keyed by this module's code and what
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -250,21 +248,12 @@ def run_trials(
     ``workers`` defaults to :func:`bncourse.lab.parallel.default_workers` (every CPU core, or
     ``BNCOURSE_WORKERS``); on a GPU, or with one worker, trials run one after the other.
     """
-    from bncourse.lab.parallel import default_workers
+    from bncourse.lab.parallel import in_processes, resolve_workers, uncached
 
     configs = [trial(**c) for c in configs]
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    seen, todo = set(), []
-    for c in configs:
-        path = _path(c, cache_dir)
-        if path not in seen and not path.is_file():
-            seen.add(path)
-            todo.append(c)
+    workers = resolve_workers(workers)
+    todo = uncached(configs, lambda c: _path(c, cache_dir))
     if workers > 1 and len(todo) > 1 and default_device().type == "cpu":
         folder = None if cache_dir is None else str(cache_dir)
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            list(pool.map(_run, [(c, folder) for c in todo], chunksize=4))
+        in_processes(_run, [(c, folder) for c in todo], workers, chunksize=4)
     return [run_trial(c, cache_dir=cache_dir) for c in configs]

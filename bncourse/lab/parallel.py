@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from bncourse.lab.cache import cache_key, default_cache_dir
 from bncourse.lab.experiments import EXPERIMENTS, _merge, run_trial, trial_config
 from bncourse.lab.train import default_device
 
-__all__ = ["grid_trials", "missing_trials", "prefetch", "default_workers"]
+__all__ = [
+    "grid_trials",
+    "missing_trials",
+    "prefetch",
+    "default_workers",
+    "resolve_workers",
+    "in_processes",
+]
 
 
 def default_workers() -> int:
@@ -31,6 +40,30 @@ def default_workers() -> int:
             raise ValueError(f"BNCOURSE_WORKERS must be a positive integer, got {env!r}")
         return value
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``workers``, or :func:`default_workers` for None; a ValueError unless a positive int."""
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    return workers
+
+
+def in_processes(
+    fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None = None, chunksize: int = 1
+) -> list[Any]:
+    """``[fn(item) for item in items]``, on ``workers`` spawned processes where there are several.
+
+    ``workers`` defaults to :func:`default_workers`; with one worker, or fewer than two items,
+    everything runs here. ``fn`` must be importable (a module-level function).
+    """
+    workers = resolve_workers(workers)
+    if workers == 1 or len(items) < 2:
+        return [fn(item) for item in items]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=context) as pool:
+        return list(pool.map(fn, items, chunksize=chunksize))
 
 
 def grid_trials(name: str, overrides: dict | None = None) -> list[dict]:
@@ -54,15 +87,20 @@ def _cache_path(config: dict, cache_dir: str | os.PathLike | None) -> Path:
     return folder / f"trial-{key[:20]}.json"
 
 
-def missing_trials(configs: list[dict], cache_dir: str | os.PathLike | None = None) -> list[dict]:
-    """The configurations among ``configs`` that have no cached result yet (duplicates once)."""
+def uncached(configs: list[dict], path: Callable[[dict], Path]) -> list[dict]:
+    """The configurations whose cache file ``path(config)`` does not exist yet (duplicates once)."""
     seen, out = set(), []
     for config in configs:
-        path = _cache_path(config, cache_dir)
-        if path not in seen and not path.is_file():
-            seen.add(path)
+        where = path(config)
+        if where not in seen and not where.is_file():
+            seen.add(where)
             out.append(config)
     return out
+
+
+def missing_trials(configs: list[dict], cache_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The configurations among ``configs`` that have no cached result yet (duplicates once)."""
+    return uncached(configs, lambda config: _cache_path(config, cache_dir))
 
 
 def _train(args: tuple[dict, str | None]) -> None:
@@ -82,14 +120,10 @@ def prefetch(
     With one worker, or nothing missing, nothing is started: the experiment trains what it needs.
     Only CPU runs are spread over processes (one GPU is better used by one process).
     """
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = resolve_workers(workers)
     todo = missing_trials(grid_trials(name, overrides), cache_dir)
     if workers == 1 or len(todo) < 2 or default_device().type != "cpu":
         return 0
     folder = None if cache_dir is None else str(cache_dir)
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-        list(pool.map(_train, [(c, folder) for c in todo]))
+    in_processes(_train, [(c, folder) for c in todo], workers)
     return len(todo)

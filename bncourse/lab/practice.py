@@ -8,10 +8,7 @@ is seeded: its weights from ``seed``, its batch order and dropout masks from ``s
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch import nn
@@ -139,17 +136,12 @@ def _call(job: tuple[Callable[..., dict], dict]) -> dict:
 def run_trials(
     jobs: Sequence[tuple[Callable[..., dict], dict]], workers: int | None = None
 ) -> list[dict]:
-    """``[fn(**config) for fn, config in jobs]`` on ``workers`` processes (default: the usable
-    cores), one thread each; ``fn`` must be importable (a module-level function)."""
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if workers == 1 or len(jobs) < 2:
-        return [_call(job) for job in jobs]
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        return list(pool.map(_call, jobs))
+    """``[fn(**config) for fn, config in jobs]`` on ``workers`` processes (default:
+    :func:`bncourse.lab.parallel.default_workers`), one thread each; ``fn`` must be importable
+    (a module-level function)."""
+    from bncourse.lab.parallel import in_processes
+
+    return in_processes(_call, list(jobs), workers)
 
 
 def set_dropout_train(model: nn.Module) -> nn.Module:

@@ -13,12 +13,36 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["fold_batchnorm", "fold_sequential"]
+__all__ = ["fold_batchnorm", "fold_parameters", "fold_sequential"]
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = nn.modules.batchnorm._BatchNorm
+
+
+def fold_parameters(
+    weight: Tensor,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``(W', b')`` of the layer ``(weight, bias)`` followed by batch norm in evaluation mode.
+
+    ``weight`` is ``(C_out, ...)`` (Linear or ConvNd); ``bias``, ``gamma`` and ``beta`` may be
+    None (no bias; BN without affine parameters). New tensors; the arguments are left unchanged.
+    """
+    scale = torch.rsqrt(running_var + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    b = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    new_bias = (b - running_mean) * scale
+    if beta is not None:
+        new_bias = new_bias + beta
+    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), new_bias
 
 
 @torch.no_grad()
@@ -36,16 +60,17 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
     if bn.num_features != channels:
         raise ValueError(f"bn normalizes {bn.num_features} channels but layer produces {channels}")
     dtype = layer.weight.dtype
-    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.to(dtype)
-    weight = layer.weight
-    bias = layer.bias if layer.bias is not None else weight.new_zeros(channels)
-    new_bias = (bias - bn.running_mean.to(dtype)) * scale
-    if bn.bias is not None:
-        new_bias = new_bias + bn.bias.to(dtype)
+    new_weight, new_bias = fold_parameters(
+        layer.weight,
+        layer.bias,
+        bn.running_mean.to(dtype),
+        bn.running_var.to(dtype),
+        None if bn.weight is None else bn.weight.to(dtype),
+        None if bn.bias is None else bn.bias.to(dtype),
+        bn.eps,
+    )
     folded = copy.deepcopy(layer)
-    folded.weight.copy_(layer.weight * scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
+    folded.weight.copy_(new_weight)
     if folded.bias is None:
         folded.bias = nn.Parameter(new_bias)
     else:
