@@ -1,4 +1,4 @@
-"""The training-vs-test chapters render completely: figures with alt text, glued numbers, no errors.
+"""The chapters render completely: figures with alt text, glued numbers, no errors.
 
 The checks read the built HTML in ``_build/html``. ``make test`` builds the book before pytest
 runs; when the pages are missing, the session fixture builds the book once, as CI does.
@@ -71,6 +71,21 @@ CHAPTERS = {
             "bp-mc-dropout",
         ],
         "figures": ["bp-sweep-figure"],
+        "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
+    },
+    "variance_shift_theory": {
+        "labels": ["vs-conventions", "vs-before-bn", "vs-weight-layer"],
+        "figures": ["th-noise-figure", "th-weight-figure"],
+        "sentences": True,  # the simulations' verdicts are glued besides numbers
+    },
+    "variance_shift_measured": {
+        "labels": ["vs-probe", "vs-placement"],
+        "figures": ["me-layer-figure", "me-modes-figure", "me-depth-figure"],
+        "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
+    },
+    "variance_shift_remedies": {
+        "labels": ["vs-recalibration", "vs-remedies"],
+        "figures": ["re-figure"],
         "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
     },
     "bn_dropout_cooperate": {
