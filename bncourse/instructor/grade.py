@@ -60,6 +60,27 @@ class ClassReport:
     def failed(self) -> list[worker.GradeResult]:
         return [r for r in self.results if not r.success]
 
+    @property
+    def environment(self) -> list[str]:
+        """Why the grader's environment, not the submissions, failed (empty when it did not).
+
+        A kernel that cannot import the course's grader says so for each submission it ran; a
+        class where every submission (two or more) failed with one and the same problem says it
+        as a whole.
+        """
+        causes = sorted({r.environment for r in self.results if r.environment})
+        if causes:
+            return causes
+        problems = {"; ".join(r.problems) for r in self.results}
+        if len(self.results) > 1 and not any(r.success for r in self.results):
+            if len(problems) == 1 and "" not in problems:
+                return [
+                    f"every submission failed in the same way ({problems.pop()}); a problem "
+                    "shared by the whole class is most likely the grader's environment: read a "
+                    f"log in {self.log_dir}, fix the cause, then grade again."
+                ]
+        return []
+
 
 def ensure_assignment(course: Course, assignment: str) -> bool:
     """Register the assignment in the gradebook when it is missing; True if it was added.
@@ -142,12 +163,16 @@ def _store(
     gradebook of its own), graded notebooks, feedback."""
     from nbgrader.api import Gradebook
 
+    (log_dir / f"{result.student}.log").write_text(result.log)
+    if result.environment:  # not a grade: what the student had before stays as it was
+        if result.workdir is not None:
+            shutil.rmtree(result.workdir, ignore_errors=True)
+        return
     if merge and result.record is not None:
         with Gradebook(course.db_url, course.course_id) as gb:
             write_submission(gb, result.record)
     _replace_tree(result.autograded, course.autograded_dir / result.student / assignment)
     _replace_tree(result.feedback, course.feedback_dir / result.student / assignment)
-    (log_dir / f"{result.student}.log").write_text(result.log)
     if result.workdir is not None:
         shutil.rmtree(result.workdir, ignore_errors=True)
 
@@ -390,6 +415,9 @@ def summary_table(report: ClassReport) -> str:
                 "retried after a worker died: "
                 + ", ".join(f"{r.student} ({r.retries}x)" for r in retried)
             )
+    if report.environment:
+        warning = environment_warning(report)
+        lines = [warning, "", *lines, "", warning]
     if report.unsandboxed:
         lines += [
             "",
@@ -398,3 +426,19 @@ def summary_table(report: ClassReport) -> str:
             "grader's own checks.",
         ]
     return "\n".join(lines)
+
+
+def environment_warning(report: ClassReport) -> str:
+    """The loud paragraph of a summary whose failures are the grader's environment."""
+    hit = [r.student for r in report.results if r.environment] or [
+        r.student for r in report.results
+    ]
+    return "\n".join(
+        [
+            "GRADER'S ENVIRONMENT BROKEN: these results are not the students' work.",
+            *(f"  cause: {cause}" for cause in report.environment),
+            f"  not graded ({len(hit)}): {', '.join(hit)}. Their earlier grades, graded "
+            "notebooks and feedback are left as they were; fix the cause, then run "
+            f"`bncourse grade {report.assignment}` again.",
+        ]
+    )
