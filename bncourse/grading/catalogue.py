@@ -915,6 +915,21 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={"uout": ({"interval": "zero_to_beta"}, {"interval": "half_width"})},
     ),
     Misconception(
+        name="uout-gaussian-noise",
+        title="Uout noise drawn from a normal distribution instead of a uniform one",
+        feedback=(
+            "Uout's r is UNIFORM on [-beta, beta]: out / x = 1 + r never leaves "
+            "[1 - beta, 1 + beta], and its variance is beta^2/3. torch.randn draws from a normal "
+            "distribution, which has no bounds (beta * torch.randn(...) also has variance beta^2, "
+            "three times too much); scaling it to the right variance still leaves values outside "
+            "the interval. Draw with torch.rand: r = beta * (2 * torch.rand(x.shape, "
+            "generator=generator, device=x.device) - 1)."
+        ),
+        page="dropout",
+        anchor="do-uout",
+        mutants={"uout": ({"distribution": "normal"}, {"distribution": "normal_matched"})},
+    ),
+    Misconception(
         name="gaussian-std-p",
         title="Gaussian noise with standard deviation p",
         feedback=(
