@@ -347,6 +347,9 @@ def _inputs(case: BatchNormCase) -> dict[str, Tensor]:
     return {"dout": case.grad_output, "x": case.x}
 
 
+SECTIONS = dict.fromkeys(("grad_weight", "grad_bias"), ("batchnorm_backward", "bnb-params"))
+"""The book section on the quantities a description of an unexplained gradient finds wrong."""
+
 BACKWARD = Task(
     name="batchnorm_backward",
     function_name=FUNCTION_NAME,
@@ -356,6 +359,7 @@ BACKWARD = Task(
     labels=_LABELS,
     channel_dims={"grad_input": 1},
     inputs=_inputs,
+    sections=SECTIONS,
 )
 # The same task with finite differences of the forward pass as the reference.
 NUMERIC = Task(
@@ -367,6 +371,7 @@ NUMERIC = Task(
     labels=_LABELS,
     channel_dims={"grad_input": 1},
     inputs=_inputs,
+    sections=SECTIONS,
 )
 
 

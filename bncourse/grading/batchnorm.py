@@ -440,6 +440,22 @@ def _train_undefined(flags: Mapping[str, object], case: BatchNormCase) -> set[st
     return {"running_mean", "running_var"}
 
 
+_AFFINE = ("batchnorm", "bn-affine")
+_EPS = ("batchnorm", "bn-eps")
+_RUNNING = ("batchnorm", "bn-running-stats")
+SECTIONS = {
+    # an offset or a per-channel scale and shift left over: the affine step (gamma, beta)
+    **dict.fromkeys(("offset", "channel-offset", "affine", "channel-affine"), _AFFINE),
+    # a scale of each channel's values: that channel's statistics
+    **dict.fromkeys(("scale", "channel-scale", "channel-sign", "sign"), ("batchnorm", "bn-axes")),
+    # a division by (nearly) zero
+    **dict.fromkeys(("nan", "inf"), _EPS),
+    "running_mean": _RUNNING,
+    "running_var": _RUNNING,
+}
+"""The book section that teaches what a description of an unexplained output found (see
+:meth:`~bncourse.grading.engine.Task.section_for`)."""
+
 TRAIN = Task(
     name="batchnorm_train",
     function_name="batchnorm_forward_train",
@@ -457,6 +473,7 @@ TRAIN = Task(
     },
     undefined=_train_undefined,
     channel_dims={"output": 1, "grad_input": 1},
+    sections=SECTIONS,
 )
 # The running-update check judges the buffers alone: an output of the wrong dtype, shape or kind
 # costs the output checks, not this one.
@@ -474,6 +491,8 @@ EVAL = Task(
     },
     channel_dims={"output": 1},
     book=("batchnorm", "bn-eval"),
+    # in evaluation mode a channel scaled wrongly used the wrong statistics: bn-eval (the default)
+    sections={k: v for k, v in SECTIONS.items() if v != ("batchnorm", "bn-axes")},
 )
 
 
