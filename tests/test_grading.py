@@ -619,10 +619,12 @@ def test_changing_the_callers_tensors_in_place_is_named():
         with pytest.raises(CheckFailure) as failure:
             check(centre_in_place, seed=6)
         assert _named(str(failure.value)) == {"inputs-modified-in-place"}, str(failure.value)
-        assert "x, gamma and beta left unchanged differs" in str(failure.value)
+        assert "(your function changed the caller's `x` in place)" in str(failure.value)
     with pytest.raises(CheckFailure) as failure:
         grading.check_batchnorm_eval(scale_gamma_in_place, seed=6)
     assert _named(str(failure.value)) == {"inputs-modified-in-place"}, str(failure.value)
+    assert "(your function changed the caller's `gamma` in place)" in str(failure.value)
+    assert "even where its results are right" in str(failure.value)  # why every part fails
 
 
 def test_errors_in_student_code_propagate_with_the_input_described_and_a_book_link():

@@ -282,7 +282,9 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "x.clamp_(...)), augmented assignments (x -= mean, dout *= gamma) and slice "
             "assignments (x[...] = ...) write into the caller's tensor. Compute on new tensors "
             "instead (x = x - mean), or on x.clone(). Only running_mean and running_var are "
-            "updated in place, in training mode."
+            "updated in place, in training mode. Every graded part that calls the function "
+            "checks the tensors it was given, so each of them fails until the function leaves "
+            "them as they were, even where its results are right."
         ),
         page="batchnorm",
         anchor="bn-running-stats",

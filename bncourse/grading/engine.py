@@ -175,6 +175,9 @@ class Task:
     inputs: Callable[[Any], Mapping[str, Tensor]] = lambda case: _case_x(case)
     book: tuple[str, str] | None = None
     sections: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    phrases: Mapping[str, Callable[[Result], str]] = field(default_factory=dict)
+    """How a failing check's first line says what is wrong with a quantity, from the student's
+    result on the first wrong input (default: "<label> differs")."""
 
     def tolerance_for(self, case: Any) -> Tolerance:
         """How close a result must be to the reference on ``case``."""
@@ -491,11 +494,14 @@ def run_check(
         if any(not same(s[q], e[q], t) for q in failing)
     ]
     first = wrong_cases[0]
-    labels = ", ".join(task.labels[q] for q in failing)
-    verb = "differs" if len(failing) == 1 else "differ"
+    compared = [q for q in failing if q not in task.phrases]
+    said = [task.phrases[q](student[first]) for q in failing if q in task.phrases]
+    if compared:
+        verb = "differs" if len(compared) == 1 else "differ"
+        said.insert(0, f"{', '.join(task.labels[q] for q in compared)} {verb}")
     lines = [
         f"{task.function_name}: {what} is wrong on {len(wrong_cases)} of {len(cases)} random "
-        f"inputs ({labels} {verb})."
+        f"inputs ({'; '.join(said)})."
     ]
     whole, partial = _diagnose(task, cases, student, expected, quantities, failing, tols, catalogue)
     for misconception in whole:
