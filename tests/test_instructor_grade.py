@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from datetime import datetime
@@ -160,7 +161,14 @@ def test_kernel_without_bncourse_is_the_graders_failure_not_a_zero(
     assert records["ada"].score == 5  # ada's grade from the working kernel stays
     assert "bo" not in records  # bo is not recorded as 0
     assert tree_hashes(root / "feedback") == feedback
-    assert "No module named 'bncourse'" in (root / ".bncourse/logs" / A / "bo.log").read_text()
+    log = (root / ".bncourse/logs" / A / "bo.log").read_text()
+    assert log.startswith("[NOTE] not graded: the grader's environment is broken\n")
+    assert "No module named 'bncourse'" in log
+    with open(root / "grades.csv", newline="") as fh:  # the notes reach grades.csv and the report
+        notes = {row["student_id"]: row["notes"] for row in csv.DictReader(fh)}
+    assert notes["bo"] == "not graded: the grader's environment is broken"
+    review = (root / f"report-{A}.html").read_text().split("<h2>For review</h2>")[1]
+    assert "<td>bo</td>" in review and "not graded" in review
 
 
 def test_one_failure_shared_by_the_whole_class_is_reported_as_the_graders() -> None:

@@ -35,6 +35,7 @@ from bncourse.instructor.gradebook_io import (
     write_submission,
 )
 from bncourse.instructor.outputs import write_class_outputs
+from bncourse.instructor.review_notes import read_notes, update_notes
 
 LOG_DIR = Path(".bncourse") / "logs"
 """Per-student grading logs, relative to the course folder."""
@@ -163,7 +164,9 @@ def _store(
     gradebook of its own), graded notebooks, feedback."""
     from nbgrader.api import Gradebook
 
-    (log_dir / f"{result.student}.log").write_text(result.log)
+    notes = review_notes(result)
+    header = "".join(f"[NOTE] {note}\n" for note in notes)
+    (log_dir / f"{result.student}.log").write_text(header + result.log)
     if result.environment:  # not a grade: what the student had before stays as it was
         if result.workdir is not None:
             shutil.rmtree(result.workdir, ignore_errors=True)
@@ -282,6 +285,11 @@ def grade_class(
         bar.close()
 
     report.results.sort(key=lambda r: r.student)
+    update_notes(
+        course.root,
+        assignment,
+        {r.student: review_notes(r, manual=False) for r in report.results},
+    )
     bare = sorted({r.worker for r in report.results if r.success and not r.sandboxed})
     if remote and bare:
         report.unsandboxed = f"the workers {', '.join(bare)} could start no sandbox"
@@ -379,7 +387,22 @@ def export_grades(course: Course, path: Path) -> Path:
     from nbgrader.api import Gradebook
 
     with Gradebook(course.db_url, course.course_id) as gb:
-        return write_grades_csv(gb, Path(path), course.source_dir)
+        return write_grades_csv(gb, Path(path), course.source_dir, notes=read_notes(course.root))
+
+
+def review_notes(result: worker.GradeResult, *, manual: bool = True) -> list[str]:
+    """What a grader should read about one student's result: the problems met, the parts waiting
+    for a grader (with ``manual``; ``grades.csv`` has a column of its own for them) and the routes
+    around the checks found in the source."""
+    notes = list(result.problems)
+    by_hand = sorted(
+        g.cell for g in (result.record.grades if result.record else []) if g.needs_manual_grade
+    )
+    if manual and by_hand and result.success:  # nbgrader flags every cell of a failed submission
+        notes.append("needs manual grading: " + ", ".join(by_hand))
+    if result.review:
+        notes.append("for review: " + "; ".join(result.review))
+    return notes
 
 
 def summary_table(report: ClassReport) -> str:
@@ -388,14 +411,7 @@ def summary_table(report: ClassReport) -> str:
     for r in report.results:
         score = f"{r.record.score:g}" if r.record else "-"
         top = f"{r.record.max_score:g}" if r.record else "-"
-        notes = list(r.problems)
-        by_hand = sorted(
-            g.cell for g in (r.record.grades if r.record else []) if g.needs_manual_grade
-        )
-        if by_hand and r.success:  # nbgrader flags every cell of a failed submission
-            notes.append("needs manual grading: " + ", ".join(by_hand))
-        if r.review:
-            notes.append("for review: " + "; ".join(r.review))
+        notes = review_notes(r)
         rows.append((r.student, score, top, "; ".join(notes) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
