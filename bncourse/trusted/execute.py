@@ -177,6 +177,7 @@ class TrustedExecute(Execute):
             self._remote: set[str] = set()
             self._dead: str | None = None
             self._primed = False
+            self._broken = False  # the kernel cannot import the grader: nothing to compare
             self._deadline = time.monotonic() + self._settings.notebook_timeout
             self._index = 0
             rng = torch.get_rng_state()  # a kernel's answers set it: give it back for classmates
@@ -237,6 +238,7 @@ class TrustedExecute(Execute):
         content = reply.get("content", {})
         if content.get("status") == "ok" or content.get("ename") not in IMPORT_ERRORS:
             return
+        self._broken = True
         python = (getattr(self.km, "kernel_spec", None) or _NoSpec).argv[:1] or ["?"]
         self._finding(
             "environment",
@@ -354,7 +356,7 @@ class TrustedExecute(Execute):
         cell.outputs = self._run_trusted(source, grade_id)
         cell.execution_count = None
         trusted_passed = not any(o.get("output_type") == "error" for o in cell.outputs)
-        if trusted_passed or not self.compare_in_kernel or self._dead:
+        if trusted_passed or not self.compare_in_kernel or self._dead or self._broken:
             return  # only a failed check can have been reported as a pass
         visible = strip_hidden_tests(source)
         try:
