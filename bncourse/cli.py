@@ -28,7 +28,8 @@ def _add_instructor_commands(commands: argparse._SubParsersAction) -> None:
         description=(
             "Autograde every student in submitted/*/ASSIGNMENT with nbgrader, in parallel worker "
             "processes, store the grades in the course gradebook, generate feedback and export "
-            "the grades to CSV. Exits 1 when a submission could not be graded."
+            "the grades to CSV. Exits 1 when a submission could not be graded, 3 when the grader's "
+            "own environment failed (for instance a kernel that cannot import bncourse)."
         ),
     )
     grade.add_argument(
@@ -194,6 +195,12 @@ def _run_grade(args: argparse.Namespace) -> int:
     print(summary_table(report))
     print(f"\nGrades: {report.csv}   Logs: {report.log_dir}")
     _print_files(report.files)
+    if report.environment:
+        print(
+            "\nerror: the grader's environment is broken (see above); no grade was recorded for "
+            "the students it failed"
+        )
+        return 3
     if report.failed:
         names = ", ".join(r.student for r in report.failed)
         print(f"Could not grade: {names}")

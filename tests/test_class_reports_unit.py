@@ -13,6 +13,7 @@ from bncourse.instructor import lms_export, misconceptions
 from bncourse.instructor.class_grades import (
     MANUAL_COLUMN,
     NBGRADER_COLUMNS,
+    NOTES_COLUMN,
     AssignmentGrades,
     Part,
     StudentGrades,
@@ -101,6 +102,7 @@ def _grades() -> AssignmentGrades:
                 score=0.0,
                 parts={"test_a": 0.0, "essay": 0.0},
                 needs_manual=["essay"],
+                notes=["cell 3 called sys.exit()", "for review: cell 2 rebinds grading"],
             ),
             StudentGrades(
                 "zed",
@@ -115,10 +117,27 @@ def _grades() -> AssignmentGrades:
 
 def test_grades_csv_columns_and_empty_for_not_submitted() -> None:
     columns, rows = csv_rows([_grades()])
-    assert columns == [*NBGRADER_COLUMNS, "test_a", "essay", MANUAL_COLUMN]
+    assert columns == [*NBGRADER_COLUMNS, "test_a", "essay", MANUAL_COLUMN, NOTES_COLUMN]
     by_id = {r["student_id"]: r for r in rows}
     assert by_id["4521"]["score"] == "0.0" and by_id["4521"][MANUAL_COLUMN] == "essay"
+    assert by_id["4521"][NOTES_COLUMN] == (
+        "cell 3 called sys.exit() | for review: cell 2 rebinds grading"
+    )
     assert [by_id["zed"][c] for c in ("score", "test_a", "essay", MANUAL_COLUMN)] == [""] * 4
+    assert by_id["ada"][NOTES_COLUMN] == by_id["zed"][NOTES_COLUMN] == ""
+
+
+def test_notes_are_kept_per_student_and_replaced_when_graded_again(tmp_path) -> None:
+    from bncourse.instructor.review_notes import read_notes, update_notes
+
+    assert read_notes(tmp_path) == {}
+    update_notes(tmp_path, "hw", {"ada": ["for review: x"], "bo": ["the kernel died"]})
+    update_notes(tmp_path, "hw", {"ada": [], "cy": ["not graded"]})  # ada graded again: clean
+    update_notes(tmp_path, "other", {"ada": ["late"]})
+    assert read_notes(tmp_path) == {
+        "hw": {"bo": ["the kernel died"], "cy": ["not graded"]},
+        "other": {"ada": ["late"]},
+    }
 
 
 def test_canvas_and_moodle_student_columns(tmp_path) -> None:
@@ -149,3 +168,6 @@ def test_summary_and_page_of_a_class() -> None:
     found = [misconceptions.Found("x-y", "an x for a y", {"ada"}, {"test_a"})]
     page = render(_grades(), found)
     assert "<svg" in page and "x-y" in page and "an x for a y" in page and "<script" not in page
+    review = page[page.index("<h2>For review</h2>") :]
+    assert "<td>4521</td>" in review and "for review: cell 2 rebinds grading" in review
+    assert "<td>ada</td>" not in review

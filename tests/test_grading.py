@@ -25,7 +25,7 @@ from bncourse.grading.batchnorm import (
     batchnorm_train_variant,
     draw_cases,
 )
-from bncourse.grading.catalogue import book_url
+from bncourse.grading.catalogue import book_link, book_url
 
 SEEDS = (0, 1, 2)
 
@@ -501,7 +501,41 @@ def test_unknown_mistake_says_where_the_values_first_differ():
     assert "No catalogued misconception matches" in message
     assert "output differs in" in message and "the first at index (" in message
     assert "running_var differs in" in message
-    assert f"Closest section of the book: {TRAIN.link()}" in message
+    # the output shows no simple relation; the buffers tell where to read
+    assert f"Closest section of the book: {book_link('batchnorm', 'bn-running-stats')}" in message
+
+
+def _beta_forgotten(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return train_var_mean(
+        x, gamma, torch.zeros_like(beta), running_mean, running_var, momentum, eps
+    )
+
+
+def _affine_step_left_out(x, gamma, beta, running_mean, running_var, momentum, eps):
+    ones, zeros = torch.ones_like(gamma), torch.zeros_like(beta)
+    return train_var_mean(x, ones, zeros, running_mean, running_var, momentum, eps)
+
+
+def _division_by_zero(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return train_var_mean(x, gamma, beta, running_mean, running_var, momentum, eps) / 0.0
+
+
+@pytest.mark.parametrize(
+    ("student", "anchor"),
+    [
+        (_beta_forgotten, "bn-affine"),
+        (_affine_step_left_out, "bn-affine"),
+        (_unknown_mistake, "bn-axes"),  # a scaled output: the statistics of each channel
+        (_division_by_zero, "bn-eps"),
+    ],
+    ids=["beta-forgotten", "affine-left-out", "scaled", "division-by-zero"],
+)
+def test_the_closest_section_follows_from_what_the_values_show(student, anchor):
+    with pytest.raises(CheckFailure) as failure:
+        grading.check_batchnorm_train(student, seed=5)
+    message = str(failure.value)
+    assert "No catalogued misconception matches the output" in message
+    assert f"Closest section of the book: {book_link('batchnorm', anchor)}\n" in message
 
 
 def test_inputs_are_drawn_when_the_check_runs():
@@ -585,10 +619,12 @@ def test_changing_the_callers_tensors_in_place_is_named():
         with pytest.raises(CheckFailure) as failure:
             check(centre_in_place, seed=6)
         assert _named(str(failure.value)) == {"inputs-modified-in-place"}, str(failure.value)
-        assert "x, gamma and beta left unchanged differs" in str(failure.value)
+        assert "(your function changed the caller's `x` in place)" in str(failure.value)
     with pytest.raises(CheckFailure) as failure:
         grading.check_batchnorm_eval(scale_gamma_in_place, seed=6)
     assert _named(str(failure.value)) == {"inputs-modified-in-place"}, str(failure.value)
+    assert "(your function changed the caller's `gamma` in place)" in str(failure.value)
+    assert "even where its results are right" in str(failure.value)  # why every part fails
 
 
 def test_errors_in_student_code_propagate_with_the_input_described_and_a_book_link():
@@ -646,8 +682,11 @@ def _decomposition_train(x, gamma, beta, running_mean, running_var, momentum, ep
 
 def test_torchs_python_decompositions_are_refused():
     """torch._decomp / torch._refs compute batch norm in Python without torch.ops: refused too."""
-    with pytest.raises(CheckFailure, match=r"called torch\._prims_common\.wrappers\."):
+    # named as the student called it, not by the decorator's wrapper that runs first
+    called = r"called torch\._decomp\.decompositions\.native_batch_norm\. "
+    with pytest.raises(CheckFailure, match=called) as failure:
         grading.check_batchnorm_train(_decomposition_train, seed=1)
+    assert "wrappers" not in str(failure.value) and "<locals>" not in str(failure.value)
     with pytest.raises(CheckFailure, match=r"called torch\._"):
         grading.check_batchnorm_eval(
             lambda x, g, b, rm, rv, eps: _decomposition_train(

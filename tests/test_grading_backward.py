@@ -454,3 +454,32 @@ def test_inputs_are_drawn_when_the_check_runs():
 def test_numeric_layout_is_validated():
     with pytest.raises(ValueError, match="layout"):
         bw.check_batchnorm_backward_numeric(staged_graph, layout="nchw")
+
+
+def backward_scaling_dout_in_place(dout, x, gamma, eps):
+    """Right gradients, but dx_hat is made by ``dout.mul_(gamma)``: the caller's dout changes."""
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    n = x.numel() // x.shape[1]
+    mean = x.mean(dim=dims, keepdim=True)
+    inv_std = 1 / torch.sqrt(x.var(dim=dims, unbiased=False, keepdim=True) + eps)
+    x_hat = (x - mean) * inv_std
+    dbeta, dgamma = dout.sum(dim=dims), (dout * x_hat).sum(dim=dims)
+    dx_hat = dout.mul_(gamma.reshape(shape))
+    dx = (
+        inv_std
+        / n
+        * (n * dx_hat - dx_hat.sum(dims, True) - x_hat * (dx_hat * x_hat).sum(dims, True))
+    )
+    return dx, dgamma, dbeta
+
+
+def test_the_callers_dout_changed_in_place_is_said_in_words():
+    for check in (bw.check_batchnorm_backward_params, bw.check_batchnorm_backward_input):
+        with pytest.raises(CheckFailure) as failure:
+            check(backward_scaling_dout_in_place, seed=2)
+        message = str(failure.value)
+        assert "(your function changed the caller's `dout` in place)" in message, message
+        assert "left unchanged differs" not in message
+        assert _named(message) == {"inputs-modified-in-place"}, message
+        assert "even where its results are right" in message  # why every part fails

@@ -114,6 +114,8 @@ EXPECTED_FAILURES = {
     ("gaussian-additive-noise", "gaussian_dropout", "add"): {"gaussian"},
     ("gaussian-additive-noise", "gaussian_dropout", "add+zero"): {"gaussian"},
     ("uout-additive-noise", "uout", "add"): {"uout"},
+    ("uout-gaussian-noise", "uout", "normal"): {"uout"},
+    ("uout-gaussian-noise", "uout", "normal_matched"): {"uout"},
     ("dropout-mask-shared", "dropout_forward", "shared"): {"train"},
     **{
         ("dropout-generator-ignored", task, source): {check}
@@ -281,6 +283,33 @@ def test_checks_run_on_every_device_and_dtype(device, dtype):
     _quietly(do.check_uout, uout_uniform_, device=device, dtype=dtype)
     with pytest.raises(CheckFailure, match=r"\[dropout-keep-drop-confused\]"):
         do.check_dropout_train(_forward_student({"keep_prob": "p"}), device=device, dtype=dtype)
+
+
+def uout_normal_noise(x, beta, training, generator=None):
+    if not training:
+        return x
+    return x + x * beta * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def uout_added_uniform(x, beta, training, generator=None):
+    if not training:
+        return x
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + beta * (2 * u - 1)
+
+
+@pytest.mark.parametrize(
+    ("student", "name"),
+    [(uout_normal_noise, "uout-gaussian-noise"), (uout_added_uniform, "uout-additive-noise")],
+    ids=["normal-noise", "added-uniform-noise"],
+)
+def test_uout_noise_of_the_wrong_kind_is_named_for_what_it_is(student, name):
+    for seed in (0, 1):
+        with pytest.raises(CheckFailure) as failure:
+            do.check_uout(student, seed=seed)
+        message = str(failure.value)
+        assert _named(message) == {name}, message
+        assert CATALOGUE[name].feedback in message
 
 
 # --- determinism, inputs drawn at check time ---------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -112,3 +114,77 @@ def test_assignment_released_without_gradebook_is_added(tmp_path: Path) -> None:
     assert f"Added assignment {A} to the gradebook" in proc.stdout
     assert class_records(gradebook_url(root), A)["ann"].score == 5
     assert tree_hashes(root / "exercises") == released  # registered without re-releasing
+
+
+BLOCK_BNCOURSE = """\
+import sys
+class NoCourse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'bncourse':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoCourse())
+from ipykernel import kernelapp
+kernelapp.launch_new_instance()
+"""
+"""A kernel whose Python lacks the course package (as a kernelspec of another environment)."""
+
+
+@pytest.mark.slow
+def test_kernel_without_bncourse_is_the_graders_failure_not_a_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_course(tmp_path / "course")
+    submit_kind(root, "ada", "correct")
+    submit_kind(root, "bo", "correct")
+    grade = [str(BIN / "bncourse"), "grade", A, "--no-progress"]
+    run(grade + ["--student", "ada"], root)
+    feedback = tree_hashes(root / "feedback")
+
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [str(BIN / "python"), "-c", BLOCK_BNCOURSE, "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    proc = run(grade, root, check=False)
+
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    warning = proc.stdout.split("\n\n")[0]
+    assert warning.startswith("GRADER'S ENVIRONMENT BROKEN")
+    assert "No module named 'bncourse'" in warning
+    assert "not graded (2): ada, bo" in warning
+    assert "c.Execute.kernel_name" in warning  # and how to fix it
+    assert proc.stdout.count(warning) == 2  # said first and again after the table
+    assert "error: the grader's environment is broken" in proc.stdout
+    records = class_records(gradebook_url(root), A)
+    assert records["ada"].score == 5  # ada's grade from the working kernel stays
+    assert "bo" not in records  # bo is not recorded as 0
+    assert tree_hashes(root / "feedback") == feedback
+    log = (root / ".bncourse/logs" / A / "bo.log").read_text()
+    assert log.startswith("[NOTE] not graded: the grader's environment is broken\n")
+    assert "No module named 'bncourse'" in log
+    with open(root / "grades.csv", newline="") as fh:  # the notes reach grades.csv and the report
+        notes = {row["student_id"]: row["notes"] for row in csv.DictReader(fh)}
+    assert notes["bo"] == "not graded: the grader's environment is broken"
+    review = (root / f"report-{A}.html").read_text().split("<h2>For review</h2>")[1]
+    assert "<td>bo</td>" in review and "not graded" in review
+
+
+def test_one_failure_shared_by_the_whole_class_is_reported_as_the_graders() -> None:
+    from bncourse.instructor.grade import ClassReport, summary_table
+    from bncourse.instructor.worker import GradeResult
+
+    def failed(student: str, problem: str) -> GradeResult:
+        return GradeResult(student=student, success=False, problems=[problem])
+
+    same = "no sandbox could start (see the log); nothing was run"
+    report = ClassReport(A, results=[failed("ada", same), failed("bo", same)])
+    assert len(report.environment) == 1 and same in report.environment[0]
+    assert summary_table(report).startswith("GRADER'S ENVIRONMENT BROKEN")
+    mixed = ClassReport(A, results=[failed("ada", same), failed("bo", "the kernel died")])
+    assert mixed.environment == []  # different failures are the submissions'
+    alone = ClassReport(A, results=[failed("ada", same)])
+    assert alone.environment == []  # one submission alone says nothing about the grader
+    graded = ClassReport(A, results=[failed("ada", same), GradeResult("bo", success=True)])
+    assert graded.environment == [] and "GRADER'S" not in summary_table(graded)

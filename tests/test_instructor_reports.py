@@ -17,7 +17,12 @@ from nbgrader.api import Gradebook
 
 from bncourse.instructor import example_class as ec
 from bncourse.instructor import misconceptions
-from bncourse.instructor.class_grades import MANUAL_COLUMN, NBGRADER_COLUMNS, read_class
+from bncourse.instructor.class_grades import (
+    MANUAL_COLUMN,
+    NBGRADER_COLUMNS,
+    NOTES_COLUMN,
+    read_class,
+)
 from bncourse.instructor.lms_export import CANVAS_STUDENT_COLUMNS, MOODLE_STUDENT_COLUMNS
 from bncourse.instructor.reports import summarize
 from tests.example_course import BIN, gradebook_url, release, run
@@ -89,7 +94,7 @@ def test_grades_csv_has_nbgraders_columns_then_one_per_part_then_the_manual_flag
     with open(graded["root"] / "grades.csv") as fh:
         header = next(csv.reader(fh))
     parts = [*ec.POINTS, *ec.WRITTEN]
-    assert header == [*NBGRADER_COLUMNS, *parts, MANUAL_COLUMN]
+    assert header == [*NBGRADER_COLUMNS, *parts, MANUAL_COLUMN, NOTES_COLUMN]
 
 
 def test_grades_csv_scores_each_part(graded) -> None:

@@ -174,6 +174,21 @@ DELEGATIONS = {
         frozenset(ORDER),
         says="batchnorm_backward called torch.ops.aten.native_batch_norm_backward",
     ),
+    # torch's Python decomposition of the same kernel, without torch.ops: named as it was called.
+    "python-decomposition": Mistake(
+        """
+        from torch._decomp import decompositions
+
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dim=dims)
+        invstd = 1 / torch.sqrt(x.var(dim=dims, unbiased=False) + eps)
+        return decompositions.native_batch_norm_backward(
+            dout, x, gamma, None, None, mean, invstd, True, eps, [True, True, True]
+        )
+        """,
+        frozenset(ORDER),
+        says="batchnorm_backward called torch._decomp.decompositions.native_batch_norm_backward.",
+    ),
 }
 
 # Code that raises a TypeError: the feedback says what the check called and what it expects.

@@ -207,6 +207,16 @@ MUTANTS = {
             UOUT: "uout-additive-noise",
         },
     ),
+    # torch.randn where Uout's noise is uniform: unbounded, named for what it is, not additive.
+    "uout-normal-noise": Submission(
+        {
+            "uout": rewrite(
+                "uout",
+                (R, "r = beta * torch.randn(x.shape, generator=generator, device=x.device)"),
+            )
+        },
+        {UOUT: "uout-gaussian-noise"},
+    ),
     "scaled-by-keep-probability+gaussian-std-p+uout-in-place": Submission(
         {
             "dropout_forward": forward((OUT, "out = x * keep * (1 - p)")),

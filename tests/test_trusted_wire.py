@@ -22,6 +22,7 @@ from bncourse.trusted.wire import (
     Encoder,
     Handle,
     WireError,
+    apply_module_state,
     read_message,
     write_message,
 )
@@ -71,6 +72,36 @@ def test_a_network_comes_back_with_its_classes_state_and_modes(tmp_path):
     x = torch.randn(5, 4)
     net.eval(), back.eval()
     assert torch.equal(back(x), net(x))
+
+
+def test_a_network_coming_back_updates_the_graders_modules_in_place(tmp_path):
+    """The kernel names every module it sends by a handle of its own; the grader's modules take
+    the state in place (parameters, buffers, modes), so that its hooks see every later call."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.3), nn.Dropout(0.3))
+    children = list(net)
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(m.training)) for m in net[1:]]
+    kernel_copy = _round_trip(net, tmp_path)  # what the kernel holds
+    handles = {id(m): i for i, m in enumerate(kernel_copy.modules(), start=1)}
+    for step in range(3):  # the student's code changes the kernel's network, call after call
+        kernel_copy.train(step % 2 == 0)
+        with torch.no_grad():
+            kernel_copy[0].weight.add_(1.0)
+            kernel_copy(torch.randn(6, 4))
+        encoder = Encoder(module_handle=lambda m: handles[id(m)])
+        write_message(tmp_path, "r", encoder.encode_module(kernel_copy), encoder.tensors)
+        tree, tensors = read_message(tmp_path, "r")
+        apply_module_state(net, tree, Decoder(tensors))
+        assert [id(m) for m in net] == [id(m) for m in children]  # the same modules
+        for key, value in kernel_copy.state_dict().items():
+            assert torch.equal(net.state_dict()[key], value), key
+        assert [m.training for m in net.modules()] == [m.training for m in kernel_copy.modules()]
+        seen.clear()
+        net(torch.randn(6, 4))
+        assert seen == [step % 2 == 0] * 2  # both hooks still fire, in the mode sent back
+    for h in hooks:
+        h.remove()
 
 
 def test_a_module_of_a_notebook_class_needs_a_stand_in(tmp_path):

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from bncourse.grading.batchnorm import BatchNormCase, draw_cases
+from bncourse.grading.batchnorm import BatchNormCase, draw_cases, said_changed
 from bncourse.grading.engine import (
     CheckFailure,
     Result,
@@ -322,15 +322,21 @@ def _run(fn: Callable[..., Any], case: BatchNormCase) -> Result:
         if guard.violations:
             raise guard.refuse(guard.violations[0])
     dx, dgamma, dbeta = _gradients(value, case.x)
-    unchanged = all(
-        torch.equal(t, getattr(case, name))
-        for t, name in ((dout, "grad_output"), (x, "x"), (gamma, "gamma"))
-    )
+    changed = [
+        name
+        for t, name, original in (
+            (dout, "dout", "grad_output"),
+            (x, "x", "x"),
+            (gamma, "gamma", "gamma"),
+        )
+        if not torch.equal(t, getattr(case, original))
+    ]
     return {
         "grad_input": _cpu64(dx),
         "grad_weight": _cpu64(dgamma),
         "grad_bias": _cpu64(dbeta),
-        "inputs_unchanged": unchanged,
+        "inputs_unchanged": not changed,
+        "changed": changed,
     }
 
 
@@ -338,7 +344,7 @@ _LABELS = {
     "grad_input": "dx (gradient with respect to x)",
     "grad_weight": "dgamma (gradient with respect to gamma)",
     "grad_bias": "dbeta (gradient with respect to beta)",
-    "inputs_unchanged": "dout, x and gamma left unchanged",
+    "inputs_unchanged": "caller's dout, x and gamma after the call",
 }
 
 
@@ -346,6 +352,9 @@ def _inputs(case: BatchNormCase) -> dict[str, Tensor]:
     """What dx may be confused with: the input and the upstream gradient, by the student's names."""
     return {"dout": case.grad_output, "x": case.x}
 
+
+SECTIONS = dict.fromkeys(("grad_weight", "grad_bias"), ("batchnorm_backward", "bnb-params"))
+"""The book section on the quantities a description of an unexplained gradient finds wrong."""
 
 BACKWARD = Task(
     name="batchnorm_backward",
@@ -356,6 +365,8 @@ BACKWARD = Task(
     labels=_LABELS,
     channel_dims={"grad_input": 1},
     inputs=_inputs,
+    sections=SECTIONS,
+    phrases={"inputs_unchanged": said_changed},
 )
 # The same task with finite differences of the forward pass as the reference.
 NUMERIC = Task(
@@ -367,6 +378,8 @@ NUMERIC = Task(
     labels=_LABELS,
     channel_dims={"grad_input": 1},
     inputs=_inputs,
+    sections=SECTIONS,
+    phrases={"inputs_unchanged": said_changed},
 )
 
 

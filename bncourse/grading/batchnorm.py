@@ -210,7 +210,20 @@ def _conv_error_hint() -> str:
 
 def _unchanged(case: BatchNormCase, **passed: Tensor) -> bool:
     """Whether the tensors passed to the graded function still hold the case's values."""
-    return all(torch.equal(t.detach(), getattr(case, name)) for name, t in passed.items())
+    return not changed_inputs(case, **passed)
+
+
+def changed_inputs(case: Any, **passed: Tensor) -> list[str]:
+    """The names of the tensors passed to the graded function that no longer hold the case's
+    values (``passed``: name -> tensor, the case's attribute of that name holds the original)."""
+    return [name for name, t in passed.items() if not torch.equal(t.detach(), getattr(case, name))]
+
+
+def said_changed(result: Result) -> str:
+    """The first line's words for a function that changed the caller's tensors in place."""
+    names = result.get("changed") or ["inputs"]
+    listed = " and ".join(", ".join(f"`{n}`" for n in names).rsplit(", ", 1))
+    return f"your function changed the caller's {listed} in place"
 
 
 def _run_train(fn: Callable[..., Any], case: BatchNormCase, *, judge_output: bool = True) -> Result:
@@ -229,7 +242,8 @@ def _run_train(fn: Callable[..., Any], case: BatchNormCase, *, judge_output: boo
     if not judge_output:  # the running-update check: whatever is returned, the buffers count
         return {k: _cpu64(v) for k, v in result.items()}
     out = _output(out, x, TRAIN.function_name)
-    result.update(output=out, inputs_unchanged=_unchanged(case, x=x, gamma=gamma, beta=beta))
+    changed = changed_inputs(case, x=x, gamma=gamma, beta=beta)
+    result.update(output=out, inputs_unchanged=not changed, changed=changed)
     if gradients:
         grads: Sequence[Tensor | None] = (None, None, None)
         if out.requires_grad:
@@ -246,10 +260,12 @@ def _run_eval(fn: Callable[..., Any], case: BatchNormCase) -> Result:
     unchanged = torch.equal(running_mean, case.running_mean) and torch.equal(
         running_var, case.running_var
     )
+    changed = changed_inputs(case, x=x, gamma=gamma, beta=beta)
     return {
         "output": _cpu64(out),
         "buffers_unchanged": unchanged,
-        "inputs_unchanged": _unchanged(case, x=x, gamma=gamma, beta=beta),
+        "inputs_unchanged": not changed,
+        "changed": changed,
     }
 
 
@@ -440,6 +456,22 @@ def _train_undefined(flags: Mapping[str, object], case: BatchNormCase) -> set[st
     return {"running_mean", "running_var"}
 
 
+_AFFINE = ("batchnorm", "bn-affine")
+_EPS = ("batchnorm", "bn-eps")
+_RUNNING = ("batchnorm", "bn-running-stats")
+SECTIONS = {
+    # an offset or a per-channel scale and shift left over: the affine step (gamma, beta)
+    **dict.fromkeys(("offset", "channel-offset", "affine", "channel-affine"), _AFFINE),
+    # a scale of each channel's values: that channel's statistics
+    **dict.fromkeys(("scale", "channel-scale", "channel-sign", "sign"), ("batchnorm", "bn-axes")),
+    # a division by (nearly) zero
+    **dict.fromkeys(("nan", "inf"), _EPS),
+    "running_mean": _RUNNING,
+    "running_var": _RUNNING,
+}
+"""The book section that teaches what a description of an unexplained output found (see
+:meth:`~bncourse.grading.engine.Task.section_for`)."""
+
 TRAIN = Task(
     name="batchnorm_train",
     function_name="batchnorm_forward_train",
@@ -453,10 +485,12 @@ TRAIN = Task(
         "grad_input": "gradient with respect to x",
         "grad_weight": "gradient with respect to gamma",
         "grad_bias": "gradient with respect to beta",
-        "inputs_unchanged": "x, gamma and beta left unchanged",
+        "inputs_unchanged": "caller's x, gamma and beta after the call",
     },
     undefined=_train_undefined,
     channel_dims={"output": 1, "grad_input": 1},
+    sections=SECTIONS,
+    phrases={"inputs_unchanged": said_changed},
 )
 # The running-update check judges the buffers alone: an output of the wrong dtype, shape or kind
 # costs the output checks, not this one.
@@ -470,10 +504,13 @@ EVAL = Task(
     labels={
         "output": "output",
         "buffers_unchanged": "running statistics left unchanged",
-        "inputs_unchanged": "x, gamma and beta left unchanged",
+        "inputs_unchanged": "caller's x, gamma and beta after the call",
     },
     channel_dims={"output": 1},
     book=("batchnorm", "bn-eval"),
+    # in evaluation mode a channel scaled wrongly used the wrong statistics: bn-eval (the default)
+    sections={k: v for k, v in SECTIONS.items() if v != ("batchnorm", "bn-axes")},
+    phrases={"inputs_unchanged": said_changed},
 )
 
 

@@ -286,7 +286,9 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "x.clamp_(...)), augmented assignments (x -= mean, dout *= gamma) and slice "
             "assignments (x[...] = ...) write into the caller's tensor. Compute on new tensors "
             "instead (x = x - mean), or on x.clone(). Only running_mean and running_var are "
-            "updated in place, in training mode."
+            "updated in place, in training mode. Every graded part that calls the function "
+            "checks the tensors it was given, so each of them fails until the function leaves "
+            "them as they were, even where its results are right."
         ),
         page="batchnorm",
         anchor="bn-running-stats",
@@ -918,6 +920,21 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         page="dropout",
         anchor="do-uout",
         mutants={"uout": ({"interval": "zero_to_beta"}, {"interval": "half_width"})},
+    ),
+    Misconception(
+        name="uout-gaussian-noise",
+        title="Uout noise drawn from a normal distribution instead of a uniform one",
+        feedback=(
+            "Uout's r is UNIFORM on [-beta, beta]: out / x = 1 + r never leaves "
+            "[1 - beta, 1 + beta], and its variance is beta^2/3. torch.randn draws from a normal "
+            "distribution, which has no bounds (beta * torch.randn(...) also has variance beta^2, "
+            "three times too much); scaling it to the right variance still leaves values outside "
+            "the interval. Draw with torch.rand: r = beta * (2 * torch.rand(x.shape, "
+            "generator=generator, device=x.device) - 1)."
+        ),
+        page="dropout",
+        anchor="do-uout",
+        mutants={"uout": ({"distribution": "normal"}, {"distribution": "normal_matched"})},
     ),
     Misconception(
         name="gaussian-std-p",

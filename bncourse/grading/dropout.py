@@ -639,6 +639,7 @@ def uout_variant(
     generator: torch.Generator | None = None,
     *,
     interval: str = "symmetric",
+    distribution: str = "uniform",
     combine: str = "multiply",
     eval_mode: str = "identity",
     random_source: str = "generator",
@@ -647,8 +648,10 @@ def uout_variant(
     """``uout`` with optional catalogued mistakes.
 
     ``interval`` of r: "symmetric" (U(-beta, beta), right), "zero_to_beta" (U(0, beta)),
-    "half_width" (U(-beta/2, beta/2)). ``combine``: "multiply" (x + x * r, right) or "add"
-    (x + r). ``eval_mode``: "identity" (right) or "train". ``random_source``: see
+    "half_width" (U(-beta/2, beta/2)). ``distribution`` of r: "uniform" (right), "normal"
+    (N(0, beta^2): torch.randn scaled by beta) or "normal_matched" (N(0, beta^2/3), the
+    uniform's variance). ``combine``: "multiply" (x + x * r, right) or "add" (x + r).
+    ``eval_mode``: "identity" (right) or "train". ``random_source``: see
     :func:`_random_source`. ``inplace``: add to x in place.
     """
     if not training and eval_mode == "identity":
@@ -658,9 +661,12 @@ def uout_variant(
         "zero_to_beta": (0.0, beta),
         "half_width": (-beta / 2, beta / 2),
     }[interval]
-    r = torch.empty_like(x).uniform_(
-        low, high, generator=_random_source(generator, x, random_source)
-    )
+    source = _random_source(generator, x, random_source)
+    if distribution == "uniform":
+        r = torch.empty_like(x).uniform_(low, high, generator=source)
+    else:
+        std = {"normal": beta, "normal_matched": beta / math.sqrt(3)}[distribution]
+        r = torch.empty_like(x).normal_((low + high) / 2, std, generator=source)
     change = r if combine == "add" else x * r
     return x.add_(change) if inplace else x + change
 
@@ -741,7 +747,7 @@ def _run_uout(fn: Callable[..., Any], case: DropoutCase) -> Result:
         magnitude,
         case,
         [("1", 1.0), ("1 + beta/2", 1 + beta / 2)],
-        [("beta^2/3", beta**2 / 3), ("beta^2/12", beta**2 / 12), ("0", 0.0)],
+        [("beta^2/3", beta**2 / 3), ("beta^2/12", beta**2 / 12), ("beta^2", beta**2), ("0", 0.0)],
     )
     inside = bool(((r - 1).abs() <= beta * (1 + _rtol(case.dtype)) + _rtol(case.dtype)).all())
     noise["noise_range"] = (

@@ -6,7 +6,8 @@ back (the output, the buffers it updated, gradients): a *result*, a dict of name
 and when a checked quantity differs it looks for the catalogued mutants (one misconception, then
 pairs of them) that reproduce the submission's behaviour on every case, then for the catalogued
 signatures (:mod:`bncourse.grading.signatures`) that match it. What no misconception explains is
-described from the data (:mod:`bncourse.grading.patterns`), with the task's closest book section.
+described from the data (:mod:`bncourse.grading.patterns`), with the book section closest to
+what the description found.
 A graded function that raises NotImplementedError, as the released stubs do, is reported as not
 implemented yet, and nothing else.
 """
@@ -153,9 +154,12 @@ class Task:
 
     For the description of a difference no misconception explains: ``channel_dims`` names the
     quantities with a channel axis (quantity -> dim) that may be scaled or shifted per channel,
-    ``inputs(case)`` the input tensors by the student's names for them (default: ``x``), and
+    ``inputs(case)`` the input tensors by the student's names for them (default: ``x``),
     ``book`` the (page, anchor) of the closest book section (default: the section most of the
-    task's catalogued misconceptions link, see :meth:`section`).
+    task's catalogued misconceptions link, see :meth:`section`) and ``sections`` the book
+    sections that teach what a description found, by what it found: a key is a pattern's kind
+    (:class:`~bncourse.grading.patterns.Pattern`, e.g. "channel-offset"), a quantity, or
+    "quantity:kind"; the most specific key wins (see :meth:`section_for`).
     """
 
     name: str
@@ -170,6 +174,10 @@ class Task:
     channel_dims: Mapping[str, int] = field(default_factory=dict)
     inputs: Callable[[Any], Mapping[str, Tensor]] = lambda case: _case_x(case)
     book: tuple[str, str] | None = None
+    sections: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    phrases: Mapping[str, Callable[[Result], str]] = field(default_factory=dict)
+    """How a failing check's first line says what is wrong with a quantity, from the student's
+    result on the first wrong input (default: "<label> differs")."""
 
     def tolerance_for(self, case: Any) -> Tolerance:
         """How close a result must be to the reference on ``case``."""
@@ -190,6 +198,17 @@ class Task:
         pages = collections.Counter(page for page, _ in sections)
         page = max(pages, key=lambda p: (pages[p], -[s[0] for s in sections].index(p)))
         return next(s for s in sections if s[0] == page)
+
+    def section_for(
+        self, found: Sequence[tuple[str, str | None]], catalogue: Catalogue = CATALOGUE
+    ) -> tuple[str, str] | None:
+        """The section closest to what a description ``found``: (quantity, pattern kind or
+        None) pairs in the order they were described; :meth:`section` when none is listed."""
+        for quantity, kind in found:
+            for key in (f"{quantity}:{kind}", kind, quantity):
+                if key in self.sections:
+                    return self.sections[key]
+        return self.section(catalogue)
 
     def link(self, catalogue: Catalogue = CATALOGUE) -> str | None:
         """The link to :meth:`section`, as a failing check prints it."""
@@ -369,7 +388,20 @@ def _diagnose(
         matching += [m for m, explains in signed if q in explains]
         if matching:
             partial[q] = _unique(matching, catalogue)
-    return [], partial
+    return [], _best_supported(partial)
+
+
+def _best_supported(partial: dict[str, list[Misconception]]) -> dict[str, list[Misconception]]:
+    """For each quantity, only the misconceptions that explain the most failing quantities.
+
+    A quantity two mistakes change alike (noise beyond Uout's interval: normal noise, or noise
+    added to x) is told by the other quantities: the mistake that explains more of them stays.
+    """
+    support = collections.Counter(m.name for found in partial.values() for m in found)
+    return {
+        q: [m for m in found if support[m.name] == max(support[f.name] for f in found)]
+        for q, found in partial.items()
+    }
 
 
 def _unique(items, catalogue: Catalogue) -> list[Misconception]:
@@ -387,9 +419,9 @@ def _what_the_values_show(
     student: Sequence[Result],
     expected: Sequence[Result],
     tols: Sequence[Tolerance],
-) -> str:
+) -> tuple[str, str | None]:
     """One line on ``quantity``: the relation its values bear to the correct ones, else where
-    they first differ."""
+    they first differ; and the kind of the relation (None when none was found)."""
     label = task.labels[quantity]
     wrong = [
         i
@@ -410,14 +442,15 @@ def _what_the_values_show(
     if shown is None:
         i = wrong[0]
         detail = describe_difference(label, student[i][quantity], expected[i][quantity], tols[i])
-        return f"  on {cases[i].describe()}: {detail}."
+        return f"  on {cases[i].describe()}: {detail}.", None
     pattern = patterns[shown]
     alike = sum(1 for i in wrong if patterns[i] is not None and patterns[i].kind == pattern.kind)
     also = f" (a difference of this kind on {alike} of the {len(wrong)} wrong inputs)"
-    return (
+    line = (
         f"  on {cases[shown].describe()}: your {label} {pattern.text}"
         f"{also if len(wrong) > 1 else ''}."
     )
+    return line, pattern.kind
 
 
 def run_check(
@@ -435,7 +468,7 @@ def run_check(
     The message names the catalogued misconceptions that reproduce the submission's behaviour or
     whose signature it shows; what none explains is described from the data (a scaling, an
     offset, NaN, ... else where the first values differ), never by the expected values, with the
-    task's closest book section. ``catalogue`` replaces :data:`CATALOGUE` (for tests).
+    book section closest to what the description found. ``catalogue`` replaces :data:`CATALOGUE` (for tests).
     """
     __tracebackhide__ = True  # IPython and pytest show the message, not this frame
     catalogue = CATALOGUE if catalogue is None else catalogue
@@ -461,11 +494,14 @@ def run_check(
         if any(not same(s[q], e[q], t) for q in failing)
     ]
     first = wrong_cases[0]
-    labels = ", ".join(task.labels[q] for q in failing)
-    verb = "differs" if len(failing) == 1 else "differ"
+    compared = [q for q in failing if q not in task.phrases]
+    said = [task.phrases[q](student[first]) for q in failing if q in task.phrases]
+    if compared:
+        verb = "differs" if len(compared) == 1 else "differ"
+        said.insert(0, f"{', '.join(task.labels[q] for q in compared)} {verb}")
     lines = [
         f"{task.function_name}: {what} is wrong on {len(wrong_cases)} of {len(cases)} random "
-        f"inputs ({labels} {verb})."
+        f"inputs ({'; '.join(said)})."
     ]
     whole, partial = _diagnose(task, cases, student, expected, quantities, failing, tols, catalogue)
     for misconception in whole:
@@ -477,11 +513,15 @@ def run_check(
     if unexplained:
         names = ", ".join(task.labels[q] for q in unexplained)
         lines += ["", f"No catalogued misconception matches the {names}. What the values show:"]
-        lines += [
+        shown = [
             _what_the_values_show(task, q, cases, student, expected, tols) for q in unexplained
         ]
-        if link is not None:
-            lines.append(f"Closest section of the book: {link}")
+        lines += [line for line, _ in shown]
+        section = task.section_for(
+            [(q, kind) for q, (_, kind) in zip(unexplained, shown, strict=True)], catalogue
+        )
+        if section is not None:
+            lines.append(f"Closest section of the book: {book_link(*section)}")
     lines += [
         "",
         f"(Inputs drawn at grading time with seed {seed}; first wrong input: "

@@ -189,16 +189,38 @@ _FUSION_FILES = tuple(
 )
 
 
-def _decomposition_entry(code: Any, caller: Any) -> str | None:
+def _decomposition_entry(frame: Any, caller: Any) -> str | None:
     """``torch.<module>.<function>`` when code outside torch calls into torch's decompositions or
-    its batch-norm fusion routines."""
+    its batch-norm fusion routines:
+    the function called, not the decorator's wrapper that runs first (``out_wrapper``'s
+    ``_fn``), named by its module and name."""
+    code = frame.f_code
     filename = _absolute(code.co_filename)
     if not filename.startswith(_DECOMPOSITION_DIRS) and filename not in _FUSION_FILES:
         return None
     if caller is not None and _absolute(caller.f_code.co_filename).startswith(_TORCH_DIR):
         return None  # torch calling its own decompositions
+    wrapped = _wrapped_function(frame) if "<locals>" in code.co_qualname else None
+    if wrapped is not None:
+        return wrapped
     module = os.path.relpath(os.path.splitext(filename)[0], os.path.dirname(_TORCH_DIR[:-1]))
     return f"{module.replace(os.sep, '.')}.{code.co_qualname}"
+
+
+def _wrapped_function(frame: Any) -> str | None:
+    """The module-level torch function a decorator's wrapper running in ``frame`` wraps, if any."""
+    try:
+        values = list(frame.f_locals.values())  # a wrapper's closure holds the function
+    except Exception:
+        return None
+    for value in values:
+        if not inspect.isfunction(value):
+            continue
+        function = inspect.unwrap(value)
+        module, name = getattr(function, "__module__", ""), function.__qualname__
+        if module.startswith("torch.") and "<locals>" not in name:
+            return f"{module}.{name}"
+    return None
 
 
 def _notebook_code(code: Any) -> bool:
@@ -281,7 +303,7 @@ class _Guard(TorchFunctionMode):
         code, caller = frame.f_code, frame.f_back
         if _is_check_variant(code) and (caller is None or _notebook_code(caller.f_code)):
             raise self._refuse(self._course_name(code))
-        decomposition = _decomposition_entry(code, caller)
+        decomposition = _decomposition_entry(frame, caller)
         if decomposition is not None:
             raise self._refuse(decomposition)
         if not self.files:

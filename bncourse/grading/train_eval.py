@@ -435,22 +435,19 @@ def _run_predict(fn: Callable[..., Any], case: PredictCase) -> Result:
     before = Snapshot.of(model)
     classes, refused, bn_eval = [], False, []
     given = [x.clone() for x in case.calls]
-    with no_tf32():
+    with no_tf32(), ModeRecorder(model) as recorder:
         for x in given:
-            # A recorder per call, on the modules the network holds now: under trusted grading a
-            # call may hand back new child modules, without the hooks of an earlier recorder.
+            recorder.bn_calls.clear()  # call by call: a predict that switches modes by batch size
             refused_now = False
-            with ModeRecorder(model) as recorder:
-                try:
-                    value = fn(model, x)
-                except ValueError as error:  # BN in training mode on one value per channel
-                    if BATCH_OF_ONE_ERROR not in str(error):
-                        raise
-                    refused = refused_now = True
-                    classes.append(torch.full((len(x),), -1))
-                else:
-                    classes.append(_classes(value, len(x)))
-            # call by call, so that a predict that switches modes by batch size is told apart;
+            try:
+                value = fn(model, x)
+            except ValueError as error:  # BN in training mode on one value per channel
+                if BATCH_OF_ONE_ERROR not in str(error):
+                    raise
+                refused = refused_now = True
+                classes.append(torch.full((len(x),), -1))
+            else:
+                classes.append(_classes(value, len(x)))
             # a refusal is BN in training mode whether or not its hooks were seen
             bn_eval.append(not (recorder.bn_ran_in_training or refused_now))
     return {

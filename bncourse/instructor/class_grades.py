@@ -1,8 +1,8 @@
 """A class's grades part by part, read from the gradebook, and ``grades.csv`` written from them.
 
 ``grades.csv`` has nbgrader's own export columns (``nbgrader export``'s CSV) and, after them, one
-column per graded part (each autograded test cell and each answer graded by hand) and
-``needs_manual_grading``. A student who did not submit an assignment gets empty scores there,
+column per graded part (each autograded test cell and each answer graded by hand),
+``needs_manual_grading`` and ``notes`` (what ``bncourse grade`` noted for a grader to read). A student who did not submit an assignment gets empty scores there,
 never 0, so that "not submitted" and "scored zero" stay apart. :class:`PartsCsvExportPlugin` is
 the same file as an nbgrader export plugin: with ``c.ExportApp.plugin_class`` set to it (as this
 course's configuration does), ``nbgrader export`` writes it too.
@@ -11,6 +11,7 @@ course's configuration does), ``nbgrader export`` writes it too.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,8 @@ import nbformat
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.plugins import ExportPlugin
+
+from bncourse.instructor.review_notes import Notes, read_notes
 
 NBGRADER_COLUMNS = (
     "assignment",
@@ -37,6 +40,10 @@ NBGRADER_COLUMNS = (
 
 MANUAL_COLUMN = "needs_manual_grading"
 """The column that names the parts still waiting for a grader (empty: none, or not submitted)."""
+
+NOTES_COLUMN = "notes"
+"""The column of what a grader should read about the submission (problems met while grading,
+routes around the checks found for review; see :mod:`review_notes`), separated by " | "."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class StudentGrades:
     """Score of each part by :attr:`Part.column`; None where not submitted."""
     needs_manual: list[str] = field(default_factory=list)
     """Columns of the parts that nbgrader flags for a grader."""
+    notes: list[str] = field(default_factory=list)
+    """What ``bncourse grade`` noted for a grader to read (see :mod:`review_notes`)."""
 
     @property
     def display_name(self) -> str:
@@ -131,10 +140,14 @@ def _parts(assignment, source_dir: Path | None) -> list[Part]:
 
 
 def read_assignment(
-    gb: Gradebook, assignment: str, source_dir: Path | None = None
+    gb: Gradebook,
+    assignment: str,
+    source_dir: Path | None = None,
+    notes: Mapping[str, list[str]] | None = None,
 ) -> AssignmentGrades:
     """The grades of every student in ``gb`` for ``assignment``, part by part: in the order of the
-    instructor's notebooks in ``source_dir`` (the course's ``solutions/``), else by name."""
+    instructor's notebooks in ``source_dir`` (the course's ``solutions/``), else by name; with
+    the ``notes`` kept for each student (student -> notes)."""
     found = gb.find_assignment(assignment)
     parts = _parts(found, source_dir)
     column = {(p.notebook, p.cell): p.column for p in parts}
@@ -147,6 +160,7 @@ def read_assignment(
             email=student.email,
             lms_user_id=student.lms_user_id,
             parts={p.column: None for p in parts},
+            notes=list((notes or {}).get(student.id, [])),
         )
         try:
             sub = gb.find_submission(assignment, student.id)
@@ -178,11 +192,15 @@ def read_assignment(
 
 
 def read_class(
-    db_url: str, course_id: str, assignment: str, source_dir: Path | None = None
+    db_url: str,
+    course_id: str,
+    assignment: str,
+    source_dir: Path | None = None,
+    notes: Mapping[str, list[str]] | None = None,
 ) -> AssignmentGrades:
     """:func:`read_assignment` on the gradebook at ``db_url``."""
     with Gradebook(db_url, course_id) as gb:
-        return read_assignment(gb, assignment, source_dir)
+        return read_assignment(gb, assignment, source_dir, notes)
 
 
 def _text(value) -> str:
@@ -194,7 +212,7 @@ def csv_rows(classes: list[AssignmentGrades]) -> tuple[list[str], list[dict[str,
     columns: list[str] = list(NBGRADER_COLUMNS)
     for grades in classes:
         columns += [p.column for p in grades.parts if p.column not in columns]
-    columns.append(MANUAL_COLUMN)
+    columns += [MANUAL_COLUMN, NOTES_COLUMN]
     rows = []
     for grades in classes:
         for s in grades.students:
@@ -214,16 +232,24 @@ def csv_rows(classes: list[AssignmentGrades]) -> tuple[list[str], list[dict[str,
             )
             row.update({name: _text(score) for name, score in s.parts.items()})
             row[MANUAL_COLUMN] = " ".join(s.needs_manual)
+            row[NOTES_COLUMN] = " | ".join(s.notes)
             rows.append(row)
     return columns, rows
 
 
 def write_grades_csv(
-    gb: Gradebook, path: Path, source_dir: Path | None = None, assignments: list[str] | None = None
+    gb: Gradebook,
+    path: Path,
+    source_dir: Path | None = None,
+    assignments: list[str] | None = None,
+    notes: Notes | None = None,
 ) -> Path:
-    """Write ``grades.csv`` for ``assignments`` (default: every assignment in ``gb``)."""
+    """Write ``grades.csv`` for ``assignments`` (default: every assignment in ``gb``), with the
+    ``notes`` kept for them (see :mod:`review_notes`)."""
     names = assignments or [a.name for a in gb.assignments]
-    _write(path, *csv_rows([read_assignment(gb, name, source_dir) for name in names]))
+    notes = notes or {}
+    grades = [read_assignment(gb, name, source_dir, notes.get(name)) for name in names]
+    _write(path, *csv_rows(grades))
     return Path(path)
 
 
@@ -244,7 +270,8 @@ class PartsCsvExportPlugin(ExportPlugin):
         students = {str(s) for s in self.student}
         coursedir = CourseDirectory(config=self.config)
         source = Path(coursedir.root) / coursedir.source_directory
-        grades = [read_assignment(gradebook, name, source) for name in names]
+        notes = read_notes(coursedir.root)
+        grades = [read_assignment(gradebook, name, source, notes.get(name)) for name in names]
         columns, rows = csv_rows(grades)
         if students:
             rows = [r for r in rows if r["student_id"] in students]

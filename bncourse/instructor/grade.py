@@ -35,6 +35,7 @@ from bncourse.instructor.gradebook_io import (
     write_submission,
 )
 from bncourse.instructor.outputs import write_class_outputs
+from bncourse.instructor.review_notes import read_notes, update_notes
 
 LOG_DIR = Path(".bncourse") / "logs"
 """Per-student grading logs, relative to the course folder."""
@@ -59,6 +60,27 @@ class ClassReport:
     @property
     def failed(self) -> list[worker.GradeResult]:
         return [r for r in self.results if not r.success]
+
+    @property
+    def environment(self) -> list[str]:
+        """Why the grader's environment, not the submissions, failed (empty when it did not).
+
+        A kernel that cannot import the course's grader says so for each submission it ran; a
+        class where every submission (two or more) failed with one and the same problem says it
+        as a whole.
+        """
+        causes = sorted({r.environment for r in self.results if r.environment})
+        if causes:
+            return causes
+        problems = {"; ".join(r.problems) for r in self.results}
+        if len(self.results) > 1 and not any(r.success for r in self.results):
+            if len(problems) == 1 and "" not in problems:
+                return [
+                    f"every submission failed in the same way ({problems.pop()}); a problem "
+                    "shared by the whole class is most likely the grader's environment: read a "
+                    f"log in {self.log_dir}, fix the cause, then grade again."
+                ]
+        return []
 
 
 def ensure_assignment(course: Course, assignment: str) -> bool:
@@ -142,12 +164,18 @@ def _store(
     gradebook of its own), graded notebooks, feedback."""
     from nbgrader.api import Gradebook
 
+    notes = review_notes(result)
+    header = "".join(f"[NOTE] {note}\n" for note in notes)
+    (log_dir / f"{result.student}.log").write_text(header + result.log)
+    if result.environment:  # not a grade: what the student had before stays as it was
+        if result.workdir is not None:
+            shutil.rmtree(result.workdir, ignore_errors=True)
+        return
     if merge and result.record is not None:
         with Gradebook(course.db_url, course.course_id) as gb:
             write_submission(gb, result.record)
     _replace_tree(result.autograded, course.autograded_dir / result.student / assignment)
     _replace_tree(result.feedback, course.feedback_dir / result.student / assignment)
-    (log_dir / f"{result.student}.log").write_text(result.log)
     if result.workdir is not None:
         shutil.rmtree(result.workdir, ignore_errors=True)
 
@@ -257,6 +285,11 @@ def grade_class(
         bar.close()
 
     report.results.sort(key=lambda r: r.student)
+    update_notes(
+        course.root,
+        assignment,
+        {r.student: review_notes(r, manual=False) for r in report.results},
+    )
     bare = sorted({r.worker for r in report.results if r.success and not r.sandboxed})
     if remote and bare:
         report.unsandboxed = f"the workers {', '.join(bare)} could start no sandbox"
@@ -354,7 +387,22 @@ def export_grades(course: Course, path: Path) -> Path:
     from nbgrader.api import Gradebook
 
     with Gradebook(course.db_url, course.course_id) as gb:
-        return write_grades_csv(gb, Path(path), course.source_dir)
+        return write_grades_csv(gb, Path(path), course.source_dir, notes=read_notes(course.root))
+
+
+def review_notes(result: worker.GradeResult, *, manual: bool = True) -> list[str]:
+    """What a grader should read about one student's result: the problems met, the parts waiting
+    for a grader (with ``manual``; ``grades.csv`` has a column of its own for them) and the routes
+    around the checks found in the source."""
+    notes = list(result.problems)
+    by_hand = sorted(
+        g.cell for g in (result.record.grades if result.record else []) if g.needs_manual_grade
+    )
+    if manual and by_hand and result.success:  # nbgrader flags every cell of a failed submission
+        notes.append("needs manual grading: " + ", ".join(by_hand))
+    if result.review:
+        notes.append("for review: " + "; ".join(result.review))
+    return notes
 
 
 def summary_table(report: ClassReport) -> str:
@@ -363,14 +411,7 @@ def summary_table(report: ClassReport) -> str:
     for r in report.results:
         score = f"{r.record.score:g}" if r.record else "-"
         top = f"{r.record.max_score:g}" if r.record else "-"
-        notes = list(r.problems)
-        by_hand = sorted(
-            g.cell for g in (r.record.grades if r.record else []) if g.needs_manual_grade
-        )
-        if by_hand and r.success:  # nbgrader flags every cell of a failed submission
-            notes.append("needs manual grading: " + ", ".join(by_hand))
-        if r.review:
-            notes.append("for review: " + "; ".join(r.review))
+        notes = review_notes(r)
         rows.append((r.student, score, top, "; ".join(notes) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
@@ -390,6 +431,9 @@ def summary_table(report: ClassReport) -> str:
                 "retried after a worker died: "
                 + ", ".join(f"{r.student} ({r.retries}x)" for r in retried)
             )
+    if report.environment:
+        warning = environment_warning(report)
+        lines = [warning, "", *lines, "", warning]
     if report.unsandboxed:
         lines += [
             "",
@@ -398,3 +442,19 @@ def summary_table(report: ClassReport) -> str:
             "grader's own checks.",
         ]
     return "\n".join(lines)
+
+
+def environment_warning(report: ClassReport) -> str:
+    """The loud paragraph of a summary whose failures are the grader's environment."""
+    hit = [r.student for r in report.results if r.environment] or [
+        r.student for r in report.results
+    ]
+    return "\n".join(
+        [
+            "GRADER'S ENVIRONMENT BROKEN: these results are not the students' work.",
+            *(f"  cause: {cause}" for cause in report.environment),
+            f"  not graded ({len(hit)}): {', '.join(hit)}. Their earlier grades, graded "
+            "notebooks and feedback are left as they were; fix the cause, then run "
+            f"`bncourse grade {report.assignment}` again.",
+        ]
+    )

@@ -9,6 +9,10 @@ instructor maps in its import form: one column identifies the student (map ``Ema
 the user's email, or ``ID number`` to the user's ID number) and each other column feeds a grade
 item.
 
+Each file carries the assignment's score alone: a column per graded part would make a new
+Canvas assignment (or Moodle grade item) per part on import, counted in the course total next to
+the assignment itself. The part-by-part scores are in ``grades.csv``.
+
 The student columns come from nbgrader's student records (``nbgrader db student import``):
 first and last name, email, ``lms_user_id`` and the student id. A student who did not submit
 gets an empty cell, never 0.

@@ -8,6 +8,7 @@ from pathlib import Path
 from bncourse.instructor import lms_export, misconceptions, reports
 from bncourse.instructor.class_grades import read_class
 from bncourse.instructor.course import Course
+from bncourse.instructor.review_notes import read_notes
 
 
 def report_path(folder: Path, assignment: str) -> Path:
@@ -25,7 +26,8 @@ def write_class_outputs(
     section: str = "",
 ) -> dict[str, Path]:
     """Write the class report (``report``) and each export of ``exports`` into ``folder``."""
-    grades = read_class(course.db_url, course.course_id, assignment, course.source_dir)
+    notes = read_notes(course.root).get(assignment)
+    grades = read_class(course.db_url, course.course_id, assignment, course.source_dir, notes)
     found = misconceptions.in_class(
         course.autograded_dir, assignment, [s.student for s in grades.submitted]
     )

@@ -3,7 +3,8 @@
 It shows, for the whole class, the distribution of scores of the assignment and of each graded
 part (matplotlib figures inlined as SVG: the page loads nothing from anywhere), a table per part
 (maximum, mean, full marks, zero, not submitted, waiting for a grader) and the count of each
-misconception the checks named, with the students who made it (:mod:`misconceptions`).
+misconception the checks named, with the students who made it (:mod:`misconceptions`), and the
+notes grading kept for a grader to read (:mod:`review_notes`).
 """
 
 from __future__ import annotations
@@ -130,6 +131,13 @@ def misconception_table(found: list[Found]) -> list[dict[str, str]]:
     ]
 
 
+def notes_table(grades: AssignmentGrades) -> list[dict[str, str]]:
+    """One row per student with notes for a grader: who, and each note."""
+    return [
+        {"student": s.student, "notes": " | ".join(s.notes)} for s in grades.students if s.notes
+    ]
+
+
 def _html_table(rows: list[dict[str, str]], empty: str) -> str:
     if not rows:
         return f"<p>{html.escape(empty)}</p>"
@@ -167,6 +175,9 @@ def render(grades: AssignmentGrades, found: list[Found]) -> str:
         + "<h2>Misconceptions</h2>"
         "<p>Each mistake a check recognised and named, with the students who made it.</p>"
         + _html_table(misconception_table(found), "No check named a misconception.")
+        + "<h2>For review</h2>"
+        "<p>What grading noted for a grader to read: problems met, routes around the checks.</p>"
+        + _html_table(notes_table(grades), "Nothing to review.")
         + "</body></html>\n"
     )
 

@@ -78,6 +78,9 @@ class GradeResult:
     """The Dask worker that graded the submission ("" in the local process pool)."""
     retries: int = 0
     """How many times a worker died while grading it before it was graded."""
+    environment: str = ""
+    """Why the grader's own environment could not grade this submission ("" when it could):
+    such a result is not a grade and is not written to the gradebook."""
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -188,6 +191,8 @@ def _take_findings(result: GradeResult, findings: list[dict]) -> None:
         kind, note = finding.get("kind"), str(finding.get("note", ""))
         if kind == "unsandboxed":
             result.sandboxed = False
+        elif kind == "environment":
+            result.environment = result.environment or note
         elif kind == "flagged":
             result.review.append(note)
         elif note not in result.problems:
@@ -252,6 +257,11 @@ def _grade(job: GradeJob, result: GradeResult) -> None:
 
     _take_findings(result, read_report(root / REPORT_NAME))
     autograded = root / "autograded" / job.student / job.assignment
+    if result.environment:
+        result.success = False
+        result.problems.append("not graded: the grader's environment is broken")
+        result.log += f"[ERROR] not graded: {result.environment}\n"
+        return
     if not result.success:
         reason = explain_failure(result.log)
         if not (

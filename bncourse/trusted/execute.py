@@ -79,6 +79,17 @@ def strip_hidden_tests(source: str) -> str:
     return "\n".join(lines)
 
 
+KERNEL_SIDE = "bncourse.trusted.kernel_side"
+"""The module a kernel imports to answer the grader."""
+
+IMPORT_ERRORS = ("ModuleNotFoundError", "ImportError")
+"""What a kernel raises when its environment lacks the course package or one of its dependencies."""
+
+
+class _NoSpec:
+    argv: list[str] = []
+
+
 def _error_output(ename: str, evalue: str, notes: list[str] = ()) -> NotebookNode:
     lines = [f"\x1b[0;31m{ename}\x1b[0m: {evalue}", *notes]
     return new_output("error", ename=ename, evalue=evalue, traceback=lines)
@@ -166,6 +177,7 @@ class TrustedExecute(Execute):
             self._remote: set[str] = set()
             self._dead: str | None = None
             self._primed = False
+            self._broken = False  # the kernel cannot import the grader: nothing to compare
             self._deadline = time.monotonic() + self._settings.notebook_timeout
             self._index = 0
             rng = torch.get_rng_state()  # a kernel's answers set it: give it back for classmates
@@ -207,6 +219,36 @@ class TrustedExecute(Execute):
                 f"the notebook's kernel did not answer the grader ({content.get('ename')}: "
                 f"{content.get('evalue')})"
             )
+
+    def _prime(self) -> None:
+        """Import the kernel's side of the grader before any cell of the notebook runs.
+
+        No student code has run yet, so a kernel that cannot import the course package or torch
+        is the grader's environment, not the submission: that is reported as such (kind
+        ``environment``) for ``bncourse grade`` to refuse the scores. Any other failure is graded
+        as it goes.
+        """
+        remaining = self._time_left()
+        try:
+            reply = self._run_sync(
+                self._request_reply, f"import {KERNEL_SIDE}", min(self.timeout or 60, remaining)
+            )
+        except KernelError:
+            return
+        content = reply.get("content", {})
+        if content.get("status") == "ok" or content.get("ename") not in IMPORT_ERRORS:
+            return
+        self._broken = True
+        python = (getattr(self.km, "kernel_spec", None) or _NoSpec).argv[:1] or ["?"]
+        self._finding(
+            "environment",
+            f"the grading kernel {self.kernel_name!r} ({python[0]}) cannot import the course's "
+            f"grader: {content.get('ename')}: {content.get('evalue')}. This is the grader's "
+            "environment, not the submission (no cell of it had run). Fix: install bncourse "
+            "with its dependencies into the Python that kernel runs (see `jupyter kernelspec "
+            "list`), or set c.Execute.kernel_name to a kernel of the environment bncourse is "
+            "installed in, then grade again.",
+        )
 
     async def _request_reply(self, code: str, timeout: float) -> dict:
         msg_id = self.kc.execute(code, silent=True, store_history=False, stop_on_error=False)
@@ -277,8 +319,7 @@ class TrustedExecute(Execute):
         self._index = index
         if not self._primed and not self._dead:
             self._primed = True
-            with contextlib.suppress(KernelError):  # a kernel that cannot is graded as it goes
-                self._in_kernel("import bncourse.trusted.kernel_side")
+            self._prime()
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if cell.cell_type == "code" and grade_id in self._tests:
             self._check_cell(cell, grade_id)
@@ -315,7 +356,7 @@ class TrustedExecute(Execute):
         cell.outputs = self._run_trusted(source, grade_id)
         cell.execution_count = None
         trusted_passed = not any(o.get("output_type") == "error" for o in cell.outputs)
-        if trusted_passed or not self.compare_in_kernel or self._dead:
+        if trusted_passed or not self.compare_in_kernel or self._dead or self._broken:
             return  # only a failed check can have been reported as a pass
         visible = strip_hidden_tests(source)
         try:

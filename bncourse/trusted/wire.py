@@ -451,8 +451,12 @@ def apply_module_state(
 ) -> None:
     """Give ``module`` the flags, tensors, children and hook counts that ``node`` describes.
 
-    Children whose class and names match are updated in place (hooks on them survive); any other
-    child is replaced. ``fresh`` is for a module just built, whose tensors are all replaced.
+    A child the ``decoder`` knows by its handle (on the kernel's side: an object the kernel
+    holds) becomes that object. Any other child whose class matches the one under its name is
+    updated in place: parameters, buffers, training flags and children, so that hooks on it (the
+    grader's recorders) survive any number of calls; only a child of another class, or a stand-in
+    of another object of the notebook, is replaced. ``fresh`` is for a module just built, whose
+    tensors are all replaced.
     """
     _expect(depth <= MAX_DEPTH, "too deeply nested")
     module.training = bool(node.get("training", True))
@@ -473,9 +477,11 @@ def apply_module_state(
         old = module._modules.get(key)
         if child is None:
             new_children[key] = None
-        elif (
-            old is not None and _same_class(old, child) and not isinstance(child.get("handle"), int)
-        ):
+            continue
+        _expect(isinstance(child, dict), "a child not a module")
+        handle = child.get("handle")
+        known = decoder.module_for(handle) if isinstance(handle, int) else None
+        if known is None and _same_object(old, child):
             apply_module_state(old, child, decoder, depth + 1)
             new_children[key] = old
         else:
@@ -528,6 +534,15 @@ def apply_module_state(
                 module.register_forward_pre_hook(_stand_in_hook)
             else:
                 module.register_forward_hook(_stand_in_hook)
+
+
+def _same_object(module: nn.Module | None, node: dict[str, Any]) -> bool:
+    """Whether ``node`` may update ``module`` in place: same class, and for a stand-in of an
+    object of the notebook (it carries that object's handle), the same object."""
+    if module is None or not _same_class(module, node):
+        return False
+    mine = getattr(module, "_bncourse_handle", None)
+    return mine is None or mine == node.get("handle")
 
 
 def _same_class(module: nn.Module, node: dict[str, Any]) -> bool:

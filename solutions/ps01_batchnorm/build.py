@@ -55,7 +55,11 @@ that grade you; the grader runs a few more of the same kind (float64 inputs, gra
 **Rules.** Write the computation with elementary tensor operations (`mean`, `var`, `sqrt`,
 broadcasting, ...). Calling `torch.nn.functional.batch_norm`, `torch.nn.BatchNorm1d`, layer, group
 or instance norm, or the course's `bncourse.nn` inside your functions is refused by the checks, and
-that part scores zero. Everything runs on the CPU; a CUDA GPU is used when there is one.
+that part scores zero. Leave the tensors you are given as they were: `x`, `gamma` and `beta`
+belong to the caller (compute `x - mean` on a new tensor, not `x -= mean` or `x.sub_(...)`); only
+`running_mean` and `running_var` are updated in place, in training mode. Every graded part checks
+this, so a function that changes its inputs fails each part that calls it. Everything runs on the
+CPU; a CUDA GPU is used when there is one.
 """
 
 SETUP = """

@@ -69,7 +69,10 @@ the forward pass).
 Autograd (`.backward()`, `torch.autograd.grad`, tensors that require grad), torch's own batch
 norm and the course's `bncourse.nn` are refused inside `batchnorm_backward`, and that part scores
 zero. Outside it, in the scratch cells, use autograd as much as you like to check your formulas.
-Everything runs on the CPU; a CUDA GPU is used when there is one.
+Leave `dout`, `x` and `gamma` as they were: they belong to the caller (write `dout * gamma`, not
+`dout *= gamma` or `dout.mul_(gamma)`). Every graded part checks this, so a function that changes
+its inputs fails each part that calls it. Everything runs on the CPU; a CUDA GPU is used when
+there is one.
 """
 
 SETUP = '''
