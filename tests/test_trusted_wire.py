@@ -86,6 +86,7 @@ def test_a_network_coming_back_updates_the_graders_modules_in_place(tmp_path):
     handles = {id(m): i for i, m in enumerate(kernel_copy.modules(), start=1)}
     for step in range(3):  # the student's code changes the kernel's network, call after call
         kernel_copy.train(step % 2 == 0)
+        kernel_copy[1].requires_grad_(step % 2 == 1)  # BN frozen, then unfrozen, in the notebook
         with torch.no_grad():
             kernel_copy[0].weight.add_(1.0)
             kernel_copy(torch.randn(6, 4))
@@ -97,6 +98,8 @@ def test_a_network_coming_back_updates_the_graders_modules_in_place(tmp_path):
         for key, value in kernel_copy.state_dict().items():
             assert torch.equal(net.state_dict()[key], value), key
         assert [m.training for m in net.modules()] == [m.training for m in kernel_copy.modules()]
+        flags = [p.requires_grad for p in kernel_copy.parameters()]
+        assert [p.requires_grad for p in net.parameters()] == flags
         seen.clear()
         net(torch.randn(6, 4))
         assert seen == [step % 2 == 0] * 2  # both hooks still fire, in the mode sent back

@@ -510,6 +510,8 @@ def apply_module_state(
             ):
                 with torch.no_grad():
                     old.copy_(value)
+                if isinstance(old, nn.Parameter):  # frozen or unfrozen in the notebook
+                    old.requires_grad_(value.requires_grad)
                 keep[key] = old
             elif (
                 slot == "_parameters" and value is not None and not isinstance(value, nn.Parameter)
