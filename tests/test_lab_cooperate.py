@@ -156,7 +156,7 @@ def test_the_budget_sentence_says_whether_dropout_lags_in_training_where_it_hurt
 
     slower = co.SizeSweep(_fake(_weight_helps_small, lags)).budget_sentence()
     assert "also fits its own training images less well" in slower
-    assert "dropout p = 0.3 before every weight layer with 1,348 images" in slower
+    assert "dropout p = 0.3 before every weight layer with 200, 400 and 1,348 images (" in slower
     assert "gives no sign" not in slower
     no_loss = co.SizeSweep(_fake(lambda c: 0.0)).budget_sentence()
     assert "where dropout hurts" not in no_loss
@@ -176,9 +176,9 @@ def test_the_width_verdict_follows_the_measured_trend():
     verdict = width.verdict()
     assert verdict.startswith("the measured shift shrinks with width;")
     assert "paper's mechanism predicts" not in verdict
-    agree, disagree = verdict.split(", while ")
-    assert "full covariance (predicts a shrinking shift) agrees" in agree
-    assert "shared correlation ρ (predicts no shrinking) does not" in disagree
+    shared, exact = verdict.split(", while ")  # the paper's formula first, then the extension
+    assert "shared correlation ρ predicts no shrinking, against the measurement" in shared
+    assert "full covariance predicts a shrinking shift, in agreement with the" in exact
     assert width.closer().startswith("the prediction from the inputs' full covariance")
     assert width.gain_sentence().startswith(f"at width {co.WIDTHS[-1]} the measured gain is")
 

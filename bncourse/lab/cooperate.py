@@ -272,26 +272,37 @@ class SizeSweep:
         ]
         if not hurt:
             return text
-        slower, fitted = [], []
+        slower: dict[str, list[tuple[int, float, float]]] = {}
+        fitted: dict[str, list[tuple[int, float, float]]] = {}
         for a, n in hurt:
             drop, base = self.arms[n][a], self.arms[n][0]
             c = compare_paired(drop.train, base.train, confidence=CONFIDENCE)
-            item = (
-                f"{self.labels[a]} with {self.size(n):,} images "
-                f"({float(np.mean(drop.train)):.1f}% against {float(np.mean(base.train)):.1f}%)"
+            row = (self.size(n), float(np.mean(drop.train)), float(np.mean(base.train)))
+            (slower if c.verdict == "worse" else fitted).setdefault(self.labels[a], []).append(row)
+
+        def items(groups: dict[str, list[tuple[int, float, float]]]) -> str:
+            return _list(
+                [
+                    f"{label} with {_list([f'{n:,}' for n, _, _ in rows])} images ("
+                    + _list([f"{d:.1f}%" for _, d, _ in rows])
+                    + " against "
+                    + _list([f"{b:.1f}%" for _, _, b in rows])
+                    + " without dropout)"
+                    for label, rows in groups.items()
+                ]
             )
-            (slower if c.verdict == "worse" else fitted).append(item)
+
         if slower:
             text += (
                 "; where dropout hurts, the network with dropout also fits its own training images "
-                "less well (training accuracy, paired by seed: " + _list(slower) + "), so part of "
+                "less well (training accuracy, paired by seed: " + items(slower) + "), so part of "
                 "the loss may be slower convergence within this budget rather than a cost that "
                 "would remain with longer training, which these runs do not test"
             )
         if fitted:
             text += (
                 "; where dropout hurts with its training accuracy not detectably lower ("
-                + _list(fitted)
+                + items(fitted)
                 + "), the training accuracy gives no sign of slower convergence"
             )
         return text
@@ -449,14 +460,12 @@ class WidthStudy:
         def predicts(shrinking: bool) -> str:
             return "predicts a shrinking shift" if shrinking else "predicts no shrinking"
 
-        agree = [f"{names[k]} ({predicts(v)})" for k, v in says.items() if v == measured]
-        disagree = [f"{names[k]} ({predicts(v)})" for k, v in says.items() if v != measured]
-        parts = []
-        if agree:
-            parts.append(_list(agree) + (" agrees" if len(agree) == 1 else " agree"))
-        if disagree:
-            parts.append(_list(disagree) + (" does not" if len(disagree) == 1 else " do not"))
-        return head + "; " + ", while ".join(parts)
+        tail = [
+            f"{names[k]} {predicts(v)}, "
+            + ("in agreement with the measurement" if v == measured else "against the measurement")
+            for k, v in says.items()
+        ]
+        return head + "; " + ", while ".join(tail)
 
 
 def _where(case: dict) -> str:
