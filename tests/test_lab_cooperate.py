@@ -76,8 +76,8 @@ def test_run_trials_caches_each_configuration(tmp_path):
 # --- verdicts from synthetic results ----------------------------------------------------------
 
 
-def _fake(effect) -> co.Results:
-    """Results for every trial of the chapter: accuracy 90 + effect(config) + seed noise."""
+def _fake(effect, train_effect=lambda c: 0.0) -> co.Results:
+    """Results for every trial: test accuracy 90 + effect(config) + seed noise, train 99 + ..."""
     configs = co.configs()
     rng = np.random.default_rng(0)
     seed_noise = rng.normal(0, 1.0, size=len(co.SEEDS))
@@ -101,7 +101,10 @@ def _fake(effect) -> co.Results:
         ]
         results.append(
             {
-                "acc": {"test": acc / 100, "train": 1.0},
+                "acc": {
+                    "test": acc / 100,
+                    "train": (99 + train_effect(c) + rng.normal(0, 0.2)) / 100,
+                },
                 "shift": [{"statistic": 1.1}],
                 "n_train": c["n_train"] or 1348,
                 "n_test": 449,
@@ -138,6 +141,27 @@ def test_the_sweep_says_where_dropout_helps_and_hurts():
     assert "not for dropout p = 0.5 after the last BN" in remark
 
 
+def test_the_budget_sentence_says_whether_dropout_lags_in_training_where_it_hurts():
+    steps, batch = co.COOP_TRIAL["steps"], co.COOP_TRIAL["batch_size"]
+    fitted = co.SizeSweep(_fake(_weight_helps_small)).budget_sentence()
+    assert fitted.startswith(f"every network gets the same {steps} steps of {batch} images, ")
+    assert f"{steps * batch / 1348:.1f} epochs on the whole split of 1,348 images" in fitted
+    assert (
+        "gives no sign of slower convergence" in fitted
+        and "slower convergence within" not in fitted
+    )
+
+    def lags(c: dict) -> float:
+        return -3.0 if c["placement"] == "before_weight" else 0.0
+
+    slower = co.SizeSweep(_fake(_weight_helps_small, lags)).budget_sentence()
+    assert "also fits its own training images less well" in slower
+    assert "dropout p = 0.3 before every weight layer with 200, 400 and 1,348 images (" in slower
+    assert "gives no sign" not in slower
+    no_loss = co.SizeSweep(_fake(lambda c: 0.0)).budget_sentence()
+    assert "where dropout hurts" not in no_loss
+
+
 def test_the_remark_is_rejected_when_no_placement_helps():
     sweep = co.SizeSweep(_fake(lambda c: -3.0 if c["placement"] != "none" else 0.0))
     assert sweep.remark_verdict().startswith("the data do not support the remark")
@@ -149,8 +173,12 @@ def test_the_width_verdict_follows_the_measured_trend():
     assert width.wide_layers == [2, 3]
     assert width.shrinks("measured") and width.shrinks("predicted_exact")
     assert not width.shrinks("predicted")
-    assert width.verdict().startswith("the measured shift shrinks with width")
-    assert "shared correlation ρ predicts no shrinking" in width.verdict()
+    verdict = width.verdict()
+    assert verdict.startswith("the measured shift shrinks with width;")
+    assert "paper's mechanism predicts" not in verdict
+    shared, exact = verdict.split(", while ")  # the paper's formula first, then the extension
+    assert "shared correlation ρ predicts no shrinking, against the measurement" in shared
+    assert "full covariance predicts a shrinking shift, in agreement with the" in exact
     assert width.closer().startswith("the prediction from the inputs' full covariance")
     assert width.gain_sentence().startswith(f"at width {co.WIDTHS[-1]} the measured gain is")
 

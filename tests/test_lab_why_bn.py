@@ -12,7 +12,13 @@ from torch import nn
 from bncourse.lab.ablations import ShiftingNoise, ablation_mlp
 from bncourse.lab.activations import input_drift, saturation, weight_gradient_norms
 from bncourse.lab.landscape import probe_gradient_direction
-from bncourse.lab.why_bn import bias_before_bn, largest_stable_lr, subset
+from bncourse.lab.why_bn import (
+    bias_before_bn,
+    ghost_conclusion,
+    ghost_verdict,
+    largest_stable_lr,
+    subset,
+)
 from bncourse.nn import GhostBatchNorm1d
 
 
@@ -181,3 +187,35 @@ def test_the_experiments_return_one_value_per_seed_and_score_a_diverged_run_as_c
     gaps = why_bn.ghost_gap([4], 32, seeds=[0], n_train=64, epochs=1)
     r = gaps[4]
     np.testing.assert_allclose(r["gap"], r["train"] - r["test"])
+
+
+def _ghosts(gap_shift: dict[int, float], test_shift: dict[int, float]) -> dict[int, dict]:
+    """Per-seed gap and test accuracy of plain BN (key 64) plus a shift for each ghost size."""
+    rng = np.random.default_rng(0)
+    gap, test = 8 + rng.normal(0, 1, 10), 92 + rng.normal(0, 1, 10)
+    out = {64: {"gap": gap, "test": test}}
+    for g in gap_shift:
+        out[g] = {
+            "gap": gap + gap_shift[g] + rng.normal(0, 0.1, 10),
+            "test": test + test_shift[g] + rng.normal(0, 0.1, 10),
+        }
+    return out
+
+
+def test_the_ghost_verdict_tests_every_ghost_size_against_plain_bn():
+    # ghost 4: smaller gap, no higher accuracy; ghost 16: smaller gap and higher accuracy
+    runs = _ghosts({4: -3.0, 16: -2.0}, {4: 0.0, 16: 1.5})
+    text = ghost_verdict(runs, 64, 1.0)
+    assert (
+        "ghost batches of 4 gave a smaller train-test gap (-3.0 points) and the same test" in text
+    )
+    assert "ghost batches of 16 gave a smaller train-test gap (-" in text
+    assert "points) and a higher test accuracy (+1.5 points)" in text
+    assert ghost_conclusion(runs, 64, 1.0).startswith("with ghost batches of 16 the extra noise")
+    assert "did not rise" not in text
+
+    no_gain = _ghosts({4: -3.0, 16: -2.0}, {4: 0.0, 16: 0.0})
+    assert "the test accuracy did not rise" in ghost_conclusion(no_gain, 64, 1.0)
+    no_gap = _ghosts({4: 0.0, 16: 3.0}, {4: 0.0, 16: 0.0})
+    assert ghost_conclusion(no_gap, 64, 1.0).startswith("no ghost batch size tried narrowed")
+    assert "a larger train-test gap" in ghost_verdict(no_gap, 64, 1.0)

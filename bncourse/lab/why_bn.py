@@ -21,6 +21,7 @@ from bncourse.lab.activations import input_drift, saturation, weight_gradient_no
 from bncourse.lab.data import Dataset
 from bncourse.lab.data import load_digits as _load_digits
 from bncourse.lab.landscape import probe_gradient_direction
+from bncourse.lab.stats import compare_paired
 from bncourse.lab.train import evaluate, train
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "largest_stable_lr",
     "batch_size_gap",
     "ghost_gap",
+    "ghost_verdict",
+    "ghost_conclusion",
     "order_experiment",
     "bias_before_bn",
 ]
@@ -261,6 +264,78 @@ def ghost_gap(
             lr=lr,
         )
     return out
+
+
+_GAP_WORDS = {"worse": "a smaller train-test gap", "better": "a larger train-test gap"}
+_TEST_WORDS = {"better": "a higher test accuracy", "worse": "a lower test accuracy"}
+
+
+def _ghost_tests(by_ghost: dict[int, dict], plain: int, margin: float):
+    """(ghost size, gap comparison, test comparison) against plain BN for every ghost size."""
+    for g in sorted(k for k in by_ghost if k != plain):
+        gap = compare_paired(by_ghost[g]["gap"], by_ghost[plain]["gap"], margin=margin)
+        test = compare_paired(by_ghost[g]["test"], by_ghost[plain]["test"], margin=margin)
+        yield g, gap, test
+
+
+def ghost_conclusion(by_ghost: dict[int, dict], plain: int, margin: float) -> str:
+    """Whether the ghost-batch noise regularized: a smaller gap *and* a higher test accuracy."""
+    tests = list(_ghost_tests(by_ghost, plain, margin))
+    regularizes = [
+        g for g, gap, test in tests if gap.verdict == "worse" and test.verdict == "better"
+    ]
+    if regularizes:
+        sizes = " and ".join(map(str, regularizes))
+        return (
+            f"with ghost batches of {sizes} the extra noise narrowed the train-test gap and raised "
+            "the test accuracy against plain BN: on this task that noise regularizes"
+        )
+    if any(gap.verdict == "worse" for _, gap, _ in tests):
+        return (
+            "where the extra noise of ghost batches narrowed the train-test gap, the test accuracy "
+            "did not rise against plain BN: the networks fit their training set less well, which "
+            "is not the same as generalizing better"
+        )
+    return (
+        "no ghost batch size tried narrowed the train-test gap against plain BN, so no "
+        "regularizing effect of the noise is shown"
+    )
+
+
+def ghost_verdict(by_ghost: dict[int, dict], plain: int, margin: float) -> str:
+    """What every ghost-batch size did to the gap and the test accuracy against plain BN.
+
+    ``by_ghost`` maps the ghost batch size to per-seed ``"gap"`` and ``"test"`` arrays (points),
+    ``plain`` is the key of plain BN (ghost batches as large as the batch); every size is compared
+    with plain BN, paired by seed, and the conclusion names only what these tests showed.
+    """
+    parts = []
+    for g, gap, test in _ghost_tests(by_ghost, plain, margin):
+        equal = f"within ±{margin:g} points"
+        gap_words = _GAP_WORDS.get(
+            gap.verdict,
+            f"the same gap {equal}"
+            if gap.verdict == "equivalent"
+            else "no detectable change of the gap",
+        )
+        test_words = _TEST_WORDS.get(
+            test.verdict,
+            f"the same test accuracy {equal}"
+            if test.verdict == "equivalent"
+            else "no detectable change of the test accuracy",
+        )
+        parts.append(
+            f"ghost batches of {g} gave {gap_words} ({gap.mean_diff:+.1f} points) and {test_words} "
+            f"({test.mean_diff:+.1f} points)"
+        )
+    conclusion = ghost_conclusion(by_ghost, plain, margin)
+    return (
+        "Against plain BN, paired by seed, "
+        + "; ".join(parts)
+        + ". "
+        + conclusion[0].upper()
+        + conclusion[1:]
+    )
 
 
 def order_experiment(
