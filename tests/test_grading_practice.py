@@ -373,14 +373,14 @@ EVADING = [
         "def group_norm(x, num_groups, gamma, beta, eps):\n"
         "    with torch._C.DisableTorchFunction():\n"
         "        return torch.group_norm(x, num_groups, gamma, beta, eps)\n",
-        "torch._C.DisableTorchFunction, which turns off torch-function handling",
+        "called torch._C.DisableTorchFunction, which turns off torch-function handling",
     ),
     (
         "group_norm",
         "def group_norm(x, num_groups, gamma, beta, eps):\n"
         "    with torch._C.DisableTorchFunctionSubclass():\n"
         "        return torch.group_norm(x, num_groups, gamma, beta, eps)\n",
-        "torch._C.DisableTorchFunctionSubclass, which turns off",
+        "called torch._C.DisableTorchFunctionSubclass, which turns off",
     ),
     (
         "group_norm",

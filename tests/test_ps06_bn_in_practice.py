@@ -258,7 +258,7 @@ DELEGATIONS = {
             "with torch._C.DisableTorchFunction():\n"
             "    return torch.group_norm(x, num_groups, gamma, beta, eps)",
             frozenset({GROUP}),
-            says="used torch._C.DisableTorchFunction",
+            says="called torch._C.DisableTorchFunction, which turns off",
         ),
         # Layer norm over each group of a reshaped view computes group norm in one call.
         "layer-norm-on-groups": Rewrite(

@@ -352,21 +352,21 @@ class _Guard(TorchFunctionMode):
         def switch(*args: Any, **kwargs: Any) -> Any:
             caller = sys._getframe(1)
             if _notebook_code(caller.f_code):
-                self.violations.append(f"torch._C.{name}")
-                raise ReferenceCallError(
-                    f"{self.what} used torch._C.{name}, which turns off torch-function handling: "
-                    "the autograder's check that the function computes its result itself, "
-                    "without torch's normalization or dropout, cannot see through it, so its use "
-                    "is refused as an attempt to evade that check. Remove it and write the "
-                    "computation with elementary tensor operations; this part scores zero until "
-                    "then."
-                )
+                raise self._refuse(f"torch._C.{name}")
             return original(*args, **kwargs)
 
         return switch
 
     def _refuse(self, called: str) -> ReferenceCallError:
         self.violations.append(called)
+        if called.startswith("torch._C.Disable"):
+            return ReferenceCallError(
+                f"{self.what} called {called}, which turns off torch-function handling: the "
+                "autograder's check that the function computes its result itself, without "
+                "torch's normalization or dropout, cannot see through it, so its use is refused "
+                "as an attempt to evade that check. Remove it and write the computation with "
+                "elementary tensor operations; this part scores zero until then."
+            )
         if called.startswith("torch.ops."):
             return ReferenceCallError(
                 f"{self.what} called {called}, an ATen kernel reached through torch.ops. This "
