@@ -496,7 +496,10 @@ GROUP_NORM = Task(
     run=_run_group_norm,
     reference=group_norm,
     variant=group_norm_variant,
-    labels={"output": "output", "inputs_unchanged": "x, gamma and beta left unchanged"},
+    labels={
+        "output": "output",
+        "inputs_unchanged": "the tensors passed in (x, gamma, beta) left unchanged",
+    },
     channel_dims={"output": 1},
     book=("bn_dropout_practice", "bp-small-batches"),
 )
