@@ -71,6 +71,8 @@ def _mutants():
 
 
 MUTANTS = list(_mutants())
+# Mistakes that are right on some layouts: freezing only BatchNorm2d is right on a conv net.
+RIGHT_ON = {"bn-only-2d-frozen": ("conv",)}
 
 
 def _named(message: str) -> set[str]:
@@ -88,8 +90,11 @@ def test_the_exercise_has_mutants_for_every_function():
 )
 def test_each_mistake_fails_every_check_of_its_function_and_is_named(name, task, flags):
     student = functools.partial(VARIANTS[task], **flags)
-    for check in CHECKS[task].values():
+    for layout, check in CHECKS[task].items():
         for seed in SEEDS:
+            if layout in RIGHT_ON.get(name, ()):
+                check(student, seed=seed)  # the mistake does not show on these networks
+                continue
             with pytest.raises(CheckFailure) as failure:
                 check(student, seed=seed)
             message = str(failure.value)
@@ -350,3 +355,109 @@ def test_the_checks_never_modify_the_cases_they_hand_over():
     FREEZE.run(freeze_variant, case)
     assert all(torch.equal(v, before[k]) for k, v in case.model.state_dict().items())
     assert all(m.training for m in case.model.modules())
+
+
+# --- evading the guard from notebook code ----------------------------------------------------------
+
+
+def _from_a_cell(source: str, name: str, **names):
+    """The function ``name`` defined by ``source`` compiled as a notebook cell is."""
+    namespace = {"torch": torch, "F": F, "nn": nn, **names}
+    exec(compile(source, "<cell>", "exec"), namespace)
+    return namespace[name]
+
+
+EVADING = [
+    (
+        "group_norm",
+        "def group_norm(x, num_groups, gamma, beta, eps):\n"
+        "    with torch._C.DisableTorchFunction():\n"
+        "        return torch.group_norm(x, num_groups, gamma, beta, eps)\n",
+        "called torch._C.DisableTorchFunction, which turns off torch-function handling",
+    ),
+    (
+        "group_norm",
+        "def group_norm(x, num_groups, gamma, beta, eps):\n"
+        "    with torch._C.DisableTorchFunctionSubclass():\n"
+        "        return torch.group_norm(x, num_groups, gamma, beta, eps)\n",
+        "called torch._C.DisableTorchFunctionSubclass, which turns off",
+    ),
+    (
+        "group_norm",
+        "def group_norm(x, num_groups, gamma, beta, eps):\n"
+        "    n, c = x.shape[:2]\n"
+        "    g = x.reshape(n, num_groups, -1)\n"
+        "    y = F.layer_norm(g, g.shape[-1:], eps=eps).reshape(x.shape)\n"
+        "    shape = (1, c) + (1,) * (x.dim() - 2)\n"
+        "    return y * gamma.reshape(shape) + beta.reshape(shape)\n",
+        "called torch.nn.functional.layer_norm",
+    ),
+    (
+        "group_norm",
+        "def group_norm(x, num_groups, gamma, beta, eps):\n"
+        "    return variant(x, num_groups, gamma, beta, eps)\n",
+        "called bncourse.grading.practice.group_norm_variant",
+    ),
+    (
+        "group_norm",
+        "def group_norm(x, num_groups, gamma, beta, eps):\n    return std(x, eps, 'inside')\n",
+        "called bncourse.grading.practice._std",
+    ),
+]
+
+
+@pytest.mark.parametrize(("task", "source", "refusal"), EVADING, ids=range(len(EVADING)))
+def test_notebook_code_evading_the_guard_fails_every_check(task, source, refusal):
+    from bncourse.grading import practice
+
+    student = _from_a_cell(source, task, variant=practice.group_norm_variant, std=practice._std)
+    for check in CHECKS[task].values():
+        with pytest.raises(CheckFailure, match=refusal):
+            check(student, seed=0)
+
+
+def test_the_checks_source_run_as_notebook_code_is_refused():
+    """inspect.getsource of the checks' own implementations, exec'd in a copy of their module."""
+    import inspect
+    import textwrap
+
+    from bncourse.grading import practice
+
+    namespace = dict(vars(practice))
+    for function in (practice.fold_variant, practice.group_norm_variant, practice.freeze_variant):
+        source = textwrap.dedent(inspect.getsource(function))
+        exec(compile(source, "<cell>", "exec"), namespace)
+    for task, name in [
+        ("fold_batchnorm", "fold_variant"),
+        ("group_norm", "group_norm_variant"),
+        ("freeze_batchnorm", "freeze_variant"),
+    ]:
+        student = _from_a_cell(
+            f"def {task}(*args):\n    return copied(*args)\n", task, copied=namespace[name]
+        )
+        for check in CHECKS[task].values():
+            with pytest.raises(CheckFailure, match=f"called bncourse.grading.practice.{name}"):
+                check(student, seed=0)
+
+
+def test_torch_internals_may_still_disable_torch_function_handling():
+    """Operations on a tensor subclass (torch's own code enters DisableTorchFunctionSubclass)."""
+
+    class Tagged(torch.Tensor):
+        pass
+
+    student = _from_a_cell(
+        "def group_norm(x, num_groups, gamma, beta, eps):\n"
+        "    n, c = x.shape[:2]\n"
+        "    g = x.as_subclass(Tagged).reshape(n, num_groups, -1)\n"
+        "    mean = g.mean(dim=2, keepdim=True)\n"
+        "    var = ((g - mean) ** 2).mean(dim=2, keepdim=True)\n"
+        "    y = ((g - mean) / torch.sqrt(var + eps)).reshape(x.shape)\n"
+        "    shape = (1, c) + (1,) * (x.dim() - 2)\n"
+        "    y = y * gamma.reshape(shape) + beta.reshape(shape)\n"
+        "    return y.as_subclass(torch.Tensor)\n",
+        "group_norm",
+        Tagged=Tagged,
+    )
+    for check in CHECKS["group_norm"].values():
+        check(student, seed=0)

@@ -160,6 +160,12 @@ MUTANTS = {
         # eval() once, undone by the training loop's model.train().
         "eval-once": mutant(FR, {FREEZE}, "bn-eval-undone-by-train", (KEEP_EVAL, "")),
         "gamma-beta-still-learn": mutant(FR, {FREEZE}, "bn-affine-not-frozen", (FREEZE_AFFINE, "")),
+        "only-batchnorm2d": mutant(
+            FR,
+            {FREEZE},
+            "bn-only-2d-frozen",
+            ("isinstance(m, nn.modules.batchnorm._BatchNorm)", "isinstance(m, nn.BatchNorm2d)"),
+        ),
         "every-parameter-frozen": mutant(
             FR,
             {FREEZE},
@@ -245,6 +251,37 @@ DELEGATIONS = {
             "return op(x, gamma, beta, n, c, x[0, 0].numel(), num_groups, eps)[0]",
             frozenset({GROUP}),
             says="called torch.ops.aten.native_group_norm",
+        ),
+        # torch-function handling switched off around torch's group norm: refused as evasion.
+        "torch-function-disabled": Rewrite(
+            GN,
+            "with torch._C.DisableTorchFunction():\n"
+            "    return torch.group_norm(x, num_groups, gamma, beta, eps)",
+            frozenset({GROUP}),
+            says="called torch._C.DisableTorchFunction, which turns off",
+        ),
+        # Layer norm over each group of a reshaped view computes group norm in one call.
+        "layer-norm-on-groups": Rewrite(
+            GN,
+            "n, c = x.shape[:2]\n"
+            "g = x.reshape(n, num_groups, -1)\n"
+            "y = F.layer_norm(g, g.shape[-1:], eps=eps).reshape(x.shape)\n"
+            "shape = (1, c) + (1,) * (x.dim() - 2)\n"
+            "return y * gamma.reshape(shape) + beta.reshape(shape)",
+            frozenset({GROUP}),
+            says="called torch.nn.functional.layer_norm",
+        ),
+        # The checks' own implementation, its source read and run as notebook code.
+        "checks-source-copied": Rewrite(
+            GN,
+            "import importlib, inspect, textwrap\n\n"
+            "module = importlib.import_module('bncourse.grading.' + 'practice')\n"
+            "namespace = dict(vars(module))\n"
+            "source = textwrap.dedent(inspect.getsource(module.group_norm_variant))\n"
+            "exec(compile(source, '<cell>', 'exec'), namespace)\n"
+            "return namespace['group_norm_variant'](x, num_groups, gamma, beta, eps)",
+            frozenset({GROUP}),
+            says="called bncourse.grading.practice.group_norm_variant",
         ),
     },
 }

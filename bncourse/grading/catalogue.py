@@ -301,6 +301,7 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "evaluate": ({"inputs": "modified"},),
             "predict": ({"inputs": "modified"},),
             "fold_batchnorm": ({"in_place": True},),
+            "group_norm": ({"in_place": True},),
         },
     ),
     Misconception(
@@ -1216,6 +1217,20 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
         mutants={"freeze_batchnorm": ({"stats": "training"},)},
     ),
     Misconception(
+        name="bn-only-2d-frozen",
+        title="only the BatchNorm2d layers frozen",
+        feedback=(
+            "The freeze picks out nn.BatchNorm2d alone, so the batch norm of a fully connected "
+            "network (nn.BatchNorm1d) or of a 3-D one (nn.BatchNorm3d) keeps learning and keeps "
+            "overwriting its running statistics. Test for every batch-norm class: "
+            "isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)), or their common "
+            "base nn.modules.batchnorm._BatchNorm."
+        ),
+        page="bn_dropout_practice",
+        anchor="bp-finetune",
+        mutants={"freeze_batchnorm": ({"bn_types": "2d"},)},
+    ),
+    Misconception(
         name="bn-eval-undone-by-train",
         title="BN put in evaluation mode once, undone by model.train()",
         feedback=(
@@ -1224,7 +1239,11 @@ CATALOGUE: Mapping[str, Misconception] = _entries(
             "fine-tuning is undone at the first epoch. Make the freeze survive it, for example "
             "by giving each BN layer a train method that keeps it in evaluation mode "
             "(bn.train = lambda mode=True: nn.Module.train(bn, False)), or by overriding train() "
-            "of the model so that it switches the BN layers back to eval() after the rest."
+            "of the model so that it switches the BN layers back to eval() after the rest. "
+            "A freeze done with hooks (register_forward_pre_hook setting bn.training = False "
+            "before each forward pass) cannot be checked: hooks stay in your notebook and the "
+            "autograder fine-tunes the network without them, so it grades such a freeze as this "
+            "mistake. Override train (or eval) instead."
         ),
         page="bn_dropout_practice",
         anchor="bp-finetune",

@@ -163,8 +163,30 @@ def _reference_file(filename: str) -> bool:
 
 
 def _is_check_variant(code: Any) -> bool:
-    """Whether ``code`` is one of the checks' parametrised implementations (``*_variant``)."""
-    return code.co_name.endswith("variant") and _grading_file(code.co_filename)
+    """Whether ``code`` is one of the checks' own functions: a parametrised implementation
+    (``*_variant``) or any module-level function of :mod:`bncourse.grading` (its helpers)."""
+    if not _grading_file(code.co_filename):
+        return False
+    return code.co_name.endswith("variant") or "." not in code.co_qualname
+
+
+#: Modules whose source, run as notebook code (``exec`` of ``inspect.getsource``), is refused.
+_COURSE_CODE_MODULES = ("bncourse.grading", "bncourse.nn")
+
+
+def _course_source_in_notebook(frame: Any) -> str | None:
+    """``bncourse.<module>.<function>`` when ``frame`` runs notebook-compiled code in the globals
+    of a grading or reference module: the course's code copied into a cell and run there."""
+    if not _notebook_code(frame.f_code):
+        return None
+    module = frame.f_globals.get("__name__")
+    if not isinstance(module, str) or not module.startswith(_COURSE_CODE_MODULES):
+        return None
+    return f"{module}.{frame.f_code.co_qualname}"
+
+
+#: torch's switches that turn torch-function handling off, hiding calls from the guard's mode.
+_DISABLERS = ("DisableTorchFunction", "DisableTorchFunctionSubclass")
 
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
@@ -303,6 +325,9 @@ class _Guard(TorchFunctionMode):
         code, caller = frame.f_code, frame.f_back
         if _is_check_variant(code) and (caller is None or _notebook_code(caller.f_code)):
             raise self._refuse(self._course_name(code))
+        copied = _course_source_in_notebook(frame)
+        if copied is not None:
+            raise self._refuse(copied)
         decomposition = _decomposition_entry(frame, caller)
         if decomposition is not None:
             raise self._refuse(decomposition)
@@ -321,8 +346,27 @@ class _Guard(TorchFunctionMode):
         module = os.path.relpath(os.path.splitext(filename)[0], os.path.dirname(_PACKAGE_DIR))
         return f"{module.replace(os.sep, '.')}.{code.co_qualname}"
 
+    def disabler(self, name: str, original: Any) -> Callable[..., Any]:
+        """``torch._C.<name>`` as seen while the guard is active: refused to notebook code."""
+
+        def switch(*args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1)
+            if _notebook_code(caller.f_code):
+                raise self._refuse(f"torch._C.{name}")
+            return original(*args, **kwargs)
+
+        return switch
+
     def _refuse(self, called: str) -> ReferenceCallError:
         self.violations.append(called)
+        if called.startswith("torch._C.Disable"):
+            return ReferenceCallError(
+                f"{self.what} called {called}, which turns off torch-function handling: the "
+                "autograder's check that the function computes its result itself, without "
+                "torch's normalization or dropout, cannot see through it, so its use is refused "
+                "as an attempt to evade that check. Remove it and write the computation with "
+                "elementary tensor operations; this part scores zero until then."
+            )
         if called.startswith("torch.ops."):
             return ReferenceCallError(
                 f"{self.what} called {called}, an ATen kernel reached through torch.ops. This "
@@ -387,8 +431,11 @@ def forbid_reference(
     # implementations. A profile function that raises is switched off by Python: the violation
     # is recorded first, and the previous one is put back on exit either way.
     hooked = not _NOTEBOOK_ELSEWHERE.get()
+    disablers = {name: getattr(torch._C, name) for name in _DISABLERS if hasattr(torch._C, name)}
     if hooked:
         sys.setprofile(guard.profile)
+        for name, original in disablers.items():  # torch's own code reaches them through _C
+            setattr(torch._C, name, guard.disabler(name, original))
     try:
         with registered_guard(spec, guard):
             if torch_layers:
@@ -399,3 +446,5 @@ def forbid_reference(
     finally:
         if hooked:
             sys.setprofile(previous)
+            for name, original in disablers.items():
+                setattr(torch._C, name, original)

@@ -425,6 +425,7 @@ def group_norm_variant(
     variance: str = "biased",
     grouping: str = "contiguous",
     eps_kind: str = "inside",
+    in_place: bool = False,
 ) -> Tensor:
     """``group_norm`` with the student's signature and optional catalogued mistakes.
 
@@ -432,6 +433,7 @@ def group_norm_variant(
     whole batch). ``variance``: "biased" (right) or "unbiased". ``grouping``: "contiguous" (right:
     channels 0..C/G-1 form group 0), "interleaved" (channel c in group c % G), "group_size"
     (``num_groups`` taken as the number of channels per group). ``eps_kind``: as in batch norm.
+    ``in_place``: the caller's x is normalized in place (and returned scaled).
     """
     n, c = x.shape[:2]
     if grouping == "contiguous":
@@ -462,6 +464,8 @@ def group_norm_variant(
         normed = normed.reshape(n, num_groups, c // num_groups, -1).transpose(1, 2)
     normed = normed.reshape(x.shape)
     per_channel = (1, c) + (1,) * (x.dim() - 2)
+    if in_place:
+        return x.copy_(normed).mul_(gamma.reshape(per_channel)).add_(beta.reshape(per_channel))
     return normed * gamma.reshape(per_channel) + beta.reshape(per_channel)
 
 
@@ -492,7 +496,10 @@ GROUP_NORM = Task(
     run=_run_group_norm,
     reference=group_norm,
     variant=group_norm_variant,
-    labels={"output": "output", "inputs_unchanged": "x, gamma and beta left unchanged"},
+    labels={
+        "output": "output",
+        "inputs_unchanged": "the tensors passed in (x, gamma, beta) left unchanged",
+    },
     channel_dims={"output": 1},
     book=("bn_dropout_practice", "bp-small-batches"),
 )
@@ -606,6 +613,7 @@ def freeze_variant(
     which: str = "bn",
     affine: str = "frozen",
     parameters: str = "bn",
+    bn_types: str = "all",
 ) -> None:
     """``freeze_batchnorm`` with the student's signature and optional catalogued mistakes.
 
@@ -615,8 +623,12 @@ def freeze_variant(
     them back. ``which``: "bn" (right) or "all" (every module kept in evaluation mode, dropout
     too). ``affine``: "frozen" (right: ``requires_grad=False`` on gamma and beta) or "trainable".
     ``parameters``: "bn" (right) or "all" (every parameter of the network frozen).
+    ``bn_types``: "all" (right: every BN layer) or "2d" (only the BatchNorm2d layers frozen).
     """
-    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
+    if bn_types not in ("all", "2d"):
+        raise ValueError(f"bn_types must be 'all' or '2d', got {bn_types!r}")
+    kinds = BN_TYPES if bn_types == "all" else nn.BatchNorm2d
+    bns = [m for m in model.modules() if isinstance(m, kinds)]
     if parameters == "all":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -737,7 +749,7 @@ FREEZE = Task(
     labels={
         "output_now": "output of a forward pass right after the call",
         "losses": "training losses after model.train()",
-        "trained": "the other layers' weights after fine-tuning",
+        "trained": "weights of the other layers after fine-tuning",
         "bn_statistics": "BN running statistics after fine-tuning",
         "bn_affine": "BN gamma and beta after fine-tuning",
     },

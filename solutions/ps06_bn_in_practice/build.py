@@ -224,6 +224,9 @@ then on**:
 The check calls your function on small networks in training mode, runs one forward pass, then
 fine-tunes them as `finetune` does and compares everything with the reference. Hint:
 `model.train()` calls `train(mode)` on every submodule, and `model.eval()` is `model.train(False)`.
+Freeze by overriding `train` (or `eval`), not with hooks: the autograder fine-tunes the network
+outside your notebook, and hooks registered on it (`register_forward_pre_hook` and the like) do
+not go with it, so a freeze that relies on them is graded as if they were not there.
 """
 
 FREEZE_SOLUTION = '''
