@@ -182,7 +182,29 @@ def _course_source_in_notebook(frame: Any) -> str | None:
     module = frame.f_globals.get("__name__")
     if not isinstance(module, str) or not module.startswith(_COURSE_CODE_MODULES):
         return None
+    if frame.f_code in _generated_code(module):
+        return None  # the module's own methods written at import time (dataclasses' __init__)
     return f"{module}.{frame.f_code.co_qualname}"
+
+
+_GENERATED: dict[str, frozenset] = {}
+
+
+def _generated_code(module_name: str) -> frozenset:
+    """The code objects of the methods of ``module_name``'s classes that were compiled from a
+    string when the module was imported (``dataclasses`` writes ``__init__``, ``__eq__``... so)."""
+    if module_name not in _GENERATED:
+        module = sys.modules.get(module_name)
+        codes = set()
+        for cls in vars(module).values() if module is not None else ():
+            if not isinstance(cls, type) or cls.__module__ != module_name:
+                continue
+            for value in vars(cls).values():
+                code = getattr(getattr(value, "__func__", value), "__code__", None)
+                if code is not None and _notebook_code(code):
+                    codes.add(code)
+        _GENERATED[module_name] = frozenset(codes)
+    return _GENERATED[module_name]
 
 
 #: torch's switches that turn torch-function handling off, hiding calls from the guard's mode.
