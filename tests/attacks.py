@@ -168,7 +168,7 @@ def _serve(requests, responses, number):
 ks.serve = _serve
 """,
     ),
-    Attack("disable_torch_function", 10, train=DELEGATE_DISABLED, review="torch._C"),
+    Attack("disable_torch_function", 2, train=DELEGATE_DISABLED, review="torch._C"),
     Attack("aten_ops", 2, train=DELEGATE_ATEN, review="torch.ops"),
     Attack(
         "checks_own_implementation", 2, train=DELEGATE_VARIANT, review="checks' own implementation"
