@@ -332,14 +332,16 @@ Explain in a few sentences:
 
 1. what batch norm computes in training mode for a batch of **one** sample of shape $(1, C)$, and
    why it cannot be used for online learning, where the network learns from one sample at a time;
-2. why batch norm with statistics computed **per time step** breaks in a recurrent network
-   (think of sequences of different lengths, of time steps longer than any sequence seen in
-   training, and of what running statistics would have to be kept);
+2. what batch norm with statistics computed **per time step** has to keep in a recurrent
+   network, and where it runs into trouble (think of sequences of different lengths, of time
+   steps longer than any sequence seen in training, and of a batch of one sequence); say whether
+   the book's small recurrent experiment, trained with mini-batches of equal-length sequences,
+   shows that cost or not, and why that does not settle the question;
 3. what layer norm and group norm change so that both problems disappear, and what they give up
    in exchange.
 
 The section [a batch of one, online learning and recurrent networks]({CHAPTER}#bp-rnn) of the
-course book measures both problems on a small example.
+course book measures both on a small example.
 
 Answer in the cell below (Markdown and LaTeX are welcome).
 """
@@ -357,7 +359,10 @@ ANSWER = r"""
    one), and at test time a step longer than every training sequence has no running statistics
    at all. Sharing one set of statistics across steps mixes the different distributions of early
    and late steps. The statistics also depend on the batch, so an online or batch-of-one
-   prediction differs from the batched one.
+   prediction differs from the batched one. The book's experiment trains on equal-length
+   sequences in mini-batches, where every step has a full batch, so these costs barely arise
+   there (what it measures is stated in the chapter); they appear with sequences of mixed
+   lengths, longer test sequences than the statistics cover, or a batch of one, which does fail.
 3. Layer norm and group norm compute the mean and variance per **sample** (over its features, or
    over groups of channels), at every step of every sequence: nothing depends on the batch
    or on the step, a batch of one is fine, training and test time compute the same thing and no
