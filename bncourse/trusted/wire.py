@@ -566,10 +566,26 @@ _MISSING = object()
 #: Constructor arguments that fix the shapes of a module's tensors: never changed in place.
 _STRUCTURAL = frozenset(
     {
-        "num_features", "in_features", "out_features", "in1_features", "in2_features",
-        "in_channels", "out_channels", "kernel_size", "groups", "bias", "affine",
-        "track_running_stats", "normalized_shape", "elementwise_affine", "num_groups",
-        "num_channels", "num_embeddings", "embedding_dim", "input_size", "hidden_size",
+        "num_features",
+        "in_features",
+        "out_features",
+        "in1_features",
+        "in2_features",
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "groups",
+        "bias",
+        "affine",
+        "track_running_stats",
+        "normalized_shape",
+        "elementwise_affine",
+        "num_groups",
+        "num_channels",
+        "num_embeddings",
+        "embedding_dim",
+        "input_size",
+        "hidden_size",
         "num_layers",
     }
 )
