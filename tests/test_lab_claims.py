@@ -34,6 +34,7 @@ EXPECTED = {
     "fraction": "false",
     "selective": "false",
     "inverted_scaling": "true",
+    "mean_and_variance": "true",
     "loss_multiplier": "false",
     "finetune": "false",
     "test_p": "false",
@@ -134,6 +135,16 @@ def test_inverted_scaling_and_loss_multiplier(evidence):
     assert loss["grad_ratio"] == pytest.approx(loss["p"] / (1 - loss["p"]), rel=1e-5)
     assert loss["output_change"] == 0 and loss["factor_half"] == 1
     assert loss["raw"] == pytest.approx(1 - loss["p"], abs=0.01)
+
+
+def test_dropout_keeps_the_mean_and_raises_the_variance(evidence):
+    n = evidence["mean_and_variance"].numbers
+    assert n["mean"] == pytest.approx(1, abs=0.01)
+    assert n["var_low"] <= n["predicted"] <= n["var_high"]
+    train_var, test_var = theory.dropout_variances(0.3, mean=1.0, var=1.0)
+    assert n["predicted"] == pytest.approx(train_var / test_var)
+    same = [1.0, 1.001, 0.999]  # a noise that left the variance alone
+    assert claims.judge_mean_and_variance(same, same, 1.0).verdict == "partly true"
 
 
 def test_dropout_is_identity_in_eval_mode(evidence):

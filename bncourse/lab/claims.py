@@ -41,6 +41,7 @@ from bncourse.lab.stats import (
 )
 from bncourse.lab.train import evaluate, train
 from bncourse.nn import functional as F
+from bncourse.theory import dropout_variances
 
 __all__ = [
     "Verdict",
@@ -61,6 +62,7 @@ __all__ = [
     "judge_loss_multiplier",
     "judge_inverted_scaling",
     "judge_eval_identity",
+    "judge_mean_and_variance",
     "judge_resnet_block",
     "judge_gaussian",
     "basic_block",
@@ -131,10 +133,11 @@ def judge_bn_range(y: Tensor) -> Evidence:
     mean = float(y.mean(0).abs().max())
     var = float((y.var(0, unbiased=False) - 1).abs().max())
     verdict: Verdict = "false" if below > 0 or above > 0 else "true"
+    standardized = mean < 1e-3 and var < 1e-2
     because = (
         f"outputs range from {format_number(float(y.min()))} to {format_number(float(y.max()))}; "
-        f"{_pct(below)} are negative and {_pct(above)} above 1, while every feature has mean 0 "
-        f"and variance 1"
+        f"{_pct(below)} are negative and {_pct(above)} above 1"
+        + (", while every feature has mean 0 and variance 1" if standardized else "")
     )
     numbers = {"min": float(y.min()), "max": float(y.max()), "below": 100 * below}
     numbers |= {"above": 100 * above, "max_abs_mean": mean, "max_var_error": var}
@@ -160,9 +163,14 @@ def judge_no_sqrt(
     parts = ", ".join(
         f"{format_number(a, 2)} → {format_number(b, 3)}" for a, b in zip(v, wrong, strict=True)
     )
+    with_root = (
+        "every feature has variance 1"
+        if np.all(np.abs(right - 1) <= tol)
+        else f"the output variances are {', '.join(format_number(r, 3) for r in right)}"
+    )
     because = (
         f"without the square root the output variance is about 1/variance (input variance → output: "
-        f"{parts}); with it, every feature has variance 1"
+        f"{parts}); with it, {with_root}"
     )
     numbers = {"tol": tol, "max_bn_error": float(np.abs(right - 1).max())}
     numbers |= {f"var_{i}": float(w) for i, w in enumerate(wrong)}
@@ -197,8 +205,8 @@ def judge_dropout_weights(weight_before: Tensor, weight_after: Tensor, out: Tens
     verdict: Verdict = "false" if changed == 0 and zero > 0 and distinct > 1 else "true"
     because = (
         f"the weights did not change (largest change {format_number(changed, 0)}); {_pct(zero)} of "
-        f"the activations are zero, with {distinct} different patterns in {len(masks)} examples, "
-        f"which no single set of zeroed weights could give"
+        f"the activations are zero, with {distinct} different patterns in {len(masks)} examples"
+        + (", which no single set of zeroed weights could give" if distinct > 1 else "")
     )
     numbers = {"weight_change": changed, "zero": 100 * zero, "distinct": distinct}
     return Evidence(verdict, numbers | {"batch": len(masks)}, because)
@@ -419,6 +427,42 @@ def _eval_identity() -> Evidence:
         drop = nn.Dropout(p).eval()
         change[p] = float((drop(x) - x).abs().max())
     return judge_eval_identity(change)
+
+
+def judge_mean_and_variance(
+    mean_ratio: Sequence[float], var_ratio: Sequence[float], predicted_var_ratio: float
+) -> Evidence:
+    """Per draw, training over test mean and variance after dropout: mean kept, variance changed?"""
+    m, v = mean_ci(mean_ratio, 0.99), mean_ci(var_ratio, 0.99)
+    mean_kept = m.low <= 1 <= m.high
+    var_changed = not v.low <= 1 <= v.high
+    verdict: Verdict = (
+        "true"
+        if mean_kept and var_changed
+        else "partly true"
+        if mean_kept or var_changed
+        else "false"
+    )
+    because = (
+        f"during training the mean is {format_number(m.mean, 3)} times its test value (99% CI "
+        f"{format_number(m.low, 3)} to {format_number(m.high, 3)}) and the variance "
+        f"{format_number(v.mean, 3)} times (99% CI {format_number(v.low, 3)} to "
+        f"{format_number(v.high, 3)}; the formula predicts {format_number(predicted_var_ratio, 3)})"
+    )
+    numbers = {"mean": m.mean, "var": v.mean, "predicted": predicted_var_ratio}
+    return Evidence(verdict, numbers | {"var_low": v.low, "var_high": v.high}, because)
+
+
+def _mean_and_variance(p: float = 0.3, mean: float = 1.0, var: float = 1.0) -> Evidence:
+    g = _g(12)
+    mean_ratio, var_ratio = [], []
+    for _ in range(20):
+        x = mean + math.sqrt(var) * torch.randn(20000, generator=g, dtype=torch.float64)
+        y = F.dropout(x, p, generator=g)
+        mean_ratio.append(float(y.mean() / x.mean()))
+        var_ratio.append(float(y.var() / x.var()))
+    train_var, test_var = dropout_variances(p, mean=mean, var=var)
+    return judge_mean_and_variance(mean_ratio, var_ratio, float(train_var / test_var))
 
 
 # --- ResNet's residual blocks -------------------------------------------------------------
@@ -689,8 +733,9 @@ def running_statistics_experiment(seed: int = 0, epochs: int = 5, lr: float = 0.
     because = (
         f"in evaluation mode BN uses its running buffers (largest difference from the formula "
         f"{format_number(eval_error, 7)}); their variance differs from the whole training set's by "
-        f"{_pct(ema_med, 1)} (median over features), beyond the {_pct(tol, 1)} that sampling "
-        f"explains; one pass with frozen weights brings it to {_pct(recal_med, 1)}"
+        f"{_pct(ema_med, 1)} (median over features), {'beyond' if ema_med > tol else 'within'} "
+        f"the {_pct(tol, 1)} that sampling explains; one pass with frozen weights brings it to "
+        f"{_pct(recal_med, 1)}"
     )
     numbers = {"eval_error": eval_error, "ema": 100 * ema_med, "recal": 100 * recal_med}
     numbers |= {"tol": 100 * tol, "momentum": bn.momentum, "epochs": epochs}
@@ -783,6 +828,14 @@ CLAIMS: dict[str, Claim] = {
             "the mean activation during training over its test value, with and without the division",
             "do-inverted",
             _inverted_scaling,
+        ),
+        Claim(
+            "mean_and_variance",
+            "Dropout keeps the expected activation between training and test, but not its variance.",
+            "the mean and the variance of activations after dropout during training, over their "
+            "test values",
+            "do-variance",
+            _mean_and_variance,
         ),
         Claim(
             "loss_multiplier",
