@@ -212,3 +212,19 @@ def test_summary_table_has_a_row_per_claim(evidence):
     for key, ev in evidence.items():
         assert f"(#{claims.anchor(key)})" in table and f"**{ev.verdict}**" in table
     assert sum(claims.verdict_counts(evidence).values()) == len(claims.CLAIMS)
+
+
+def test_the_chapters_visible_tests_agree_with_the_registry(evidence):
+    """The short tests the chapter shows compute what the registry's checks compute."""
+    text = (BOOK / "misconceptions.md").read_text(encoding="utf-8")
+    cells = re.findall(r"```\{code-cell\} ipython3\n(.*?)```", text, flags=re.S)
+    shown = [c for c in cells if "claims.judge_" in c]
+    assert shown, "the chapter shows no test of its own"
+    namespace: dict = {"results": {}}
+    exec("import torch\nfrom torch import nn\nfrom bncourse.lab import claims", namespace)
+    for cell in shown:
+        exec(cell, namespace)
+    assert len(namespace["results"]) == len(shown)
+    for key, ev in namespace["results"].items():
+        assert ev.verdict == evidence[key].verdict, key
+        assert ev.numbers == pytest.approx(evidence[key].numbers), key
