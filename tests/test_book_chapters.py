@@ -93,6 +93,19 @@ CHAPTERS = {
         "figures": ["co-sweep-figure", "co-width-figure"],
         "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
     },
+    "misconceptions": {
+        "labels": [
+            "mc-bn-range",
+            "mc-no-sqrt",
+            "mc-test-stats",
+            "mc-backprop",
+            "mc-loss-multiplier",
+            "mc-gaussian",
+            "mc-resnet",
+        ],
+        "figures": [],
+        "sentences": True,  # claims, verdicts and evidence phrases are glued besides numbers
+    },
 }
 
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")

@@ -21,6 +21,7 @@ CHECKED = [
     "why_batchnorm",
     "bn_dropout_practice",
     "bn_dropout_cooperate",
+    "misconceptions",
 ]
 
 #: Numbers that are names or definitions, not results: what may stay typed, and why.
