@@ -69,6 +69,7 @@ CHAPTERS = {
             "bp-folding",
             "bp-sync",
             "bp-mc-dropout",
+            "bp-transformers",
         ],
         "figures": ["bp-sweep-figure"],
         "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
