@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from bncourse.lab.residual_norm import ResidualBlock, output_variance_ratio
+from bncourse.lab.residual_norm import (
+    ResidualBlock,
+    output_variance_ratio,
+    sample_scale_ratio,
+    shift_ratios,
+)
 from bncourse.lab.stats import compare_ratio, trend_test
 
 SEEDS = range(10)
@@ -42,6 +47,18 @@ def test_layer_norm_keeps_a_smaller_shift_than_bn_seed_by_seed():
     bn, ln = _ratios("bn", p=0.3), _ratios("ln", p=0.3)
     comparison = compare_ratio(np.abs(np.log(ln)), np.abs(np.log(bn)))
     assert comparison.verdict == "smaller" and comparison.high < 0.5
+
+
+def test_layer_norm_keeps_each_samples_scale_and_bn_does_not():
+    # Layer norm divides each sample by its own spread: the mean square over the features is
+    # 1 - eps / (var + eps) in both modes, whatever dropout did.
+    for seed in range(3):
+        assert sample_scale_ratio("ln", p=0.3, branch=2.0, seed=seed) == pytest.approx(1, abs=1e-4)
+        assert sample_scale_ratio("bn", p=0.3, branch=2.0, seed=seed) < 0.9
+    assert shift_ratios("bn", seed=5) == (
+        output_variance_ratio("bn", seed=5),
+        sample_scale_ratio("bn", seed=5),
+    )
 
 
 def test_the_bn_shift_grows_with_the_size_of_the_branch():

@@ -40,6 +40,9 @@ QUOTED = {
     # 10.6 points lower than BN's.
     "gn_batch": 2,
     "gn_gap_points": 10.6,
+    # Vaswani et al. (2017), section 5.4 "Regularization": residual dropout P_drop = 0.1 for the
+    # base model.
+    "transformer_p": 0.1,
 }
 
 

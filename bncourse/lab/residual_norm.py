@@ -5,7 +5,8 @@ The block computes ``norm(x + dropout(W2 relu(W1 x)))``. In training mode dropou
 variance of the sum; at test time it does not. Batch norm divides by running statistics learned
 in training, so its test-time output is smaller than in training (the variance shift); layer norm
 computes its statistics from each sample, in both modes, and keeps none. :func:`output_variance_ratio`
-measures the ratio of the block's output variance at test time to that in training.
+measures the ratio of the block's per-feature output variance at test time to that in training,
+:func:`sample_scale_ratio` the same for the scale of each sample's output.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["ResidualBlock", "output_variance_ratio"]
+__all__ = [
+    "ResidualBlock",
+    "block_outputs",
+    "output_variance_ratio",
+    "sample_scale_ratio",
+    "shift_ratios",
+]
 
 Norm = Literal["bn", "ln"]
 
@@ -40,7 +47,7 @@ class ResidualBlock(nn.Module):
 
 
 @torch.no_grad()
-def output_variance_ratio(
+def block_outputs(
     norm: Norm,
     *,
     p: float = 0.3,
@@ -49,15 +56,15 @@ def output_variance_ratio(
     width: int = 32,
     batches: int = 8,
     batch_size: int = 256,
-) -> float:
-    """Mean over features of (output variance at test time) / (output variance in training).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's outputs on the same test inputs in training mode and in evaluation mode.
 
     The block starts from ``seed``'s random weights; BN's running statistics are learned on
     ``batches`` training-mode batches of standard normal inputs, then both modes see the same
-    fresh inputs (training mode with fresh dropout masks, batch by batch). 1 means no shift.
-    ``branch`` sets the size of the feed-forward branch against the residual: its last layer is
-    rescaled so that the branch's output has ``branch`` times the standard deviation of the input
-    (on a first batch, without dropout).
+    fresh inputs (training mode with fresh dropout masks, batch by batch). ``branch`` sets the
+    size of the feed-forward branch against the residual: its last layer is rescaled so that the
+    branch's output has ``branch`` times the standard deviation of the input (on a first batch,
+    without dropout).
     """
     if not 0 <= p < 1:
         raise ValueError(f"p must be in [0, 1), got {p}")
@@ -80,4 +87,27 @@ def output_variance_ratio(
         train_out = torch.cat([block(x) for x in test])
         block.eval()
         eval_out = torch.cat([block(x) for x in test])
-    return (eval_out.var(dim=0) / train_out.var(dim=0)).mean().item()
+    return train_out, eval_out
+
+
+def shift_ratios(norm: Norm, **kwargs: float) -> tuple[float, float]:
+    """Both ratios of test time to training time, from one run: :func:`output_variance_ratio`'s
+    and :func:`sample_scale_ratio`'s. Arguments as :func:`block_outputs`."""
+    train_out, eval_out = block_outputs(norm, **kwargs)
+    feature = (eval_out.var(dim=0) / train_out.var(dim=0)).mean().item()
+    sample = (eval_out.pow(2).mean(dim=1) / train_out.pow(2).mean(dim=1)).mean().item()
+    return feature, sample
+
+
+def output_variance_ratio(norm: Norm, **kwargs: float) -> float:
+    """Mean over features of (output variance at test time) / (output variance in training):
+    what the next layer sees of each feature across samples. 1 means no shift. Arguments as
+    :func:`block_outputs`."""
+    return shift_ratios(norm, **kwargs)[0]
+
+
+def sample_scale_ratio(norm: Norm, **kwargs: float) -> float:
+    """(Mean square of each output sample over its features at test time) / (the same in
+    training), averaged over the samples: the scale of each sample's representation. 1 means
+    no change. Arguments as :func:`block_outputs`."""
+    return shift_ratios(norm, **kwargs)[1]
