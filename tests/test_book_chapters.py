@@ -36,6 +36,7 @@ CHAPTERS = {
             "bn-whole-dataset",
         ],
         "figures": ["bn-running-figure", "bn-drift-figure", "bn-experiment-figure"],
+        "sentences": True,  # verdict phrases of bncourse.lab.stats are glued besides numbers
     },
     "dropout": {
         "labels": [
@@ -49,6 +50,7 @@ CHAPTERS = {
             "do-variance",
         ],
         "figures": ["do-ensemble-figure", "do-noise-figure"],
+        "sentences": True,  # generated result sentences are glued besides numbers
     },
     "why_batchnorm": {
         "labels": ["why-ics", "why-saturation", "why-lr", "why-regularizer", "why-order"],

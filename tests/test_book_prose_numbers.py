@@ -22,6 +22,10 @@ CHECKED = [
     "bn_dropout_practice",
     "bn_dropout_cooperate",
     "misconceptions",
+    "dropout",
+    "batchnorm",
+    "batchnorm_backward",
+    "instructors",
 ]
 
 #: Numbers that are names or definitions, not results: what may stay typed, and why.
@@ -32,6 +36,9 @@ STRUCTURAL = [
     r"[Tt]wo configurations",  # a comparison is between two
     r"one of four",  # the verdicts, listed right after
     r"\b(Figure|Table) \d+\b",  # a cited paper's figures and tables, by their names
+    r"\bthree paths\b",  # the chain rule's paths from x to the loss (through x-hat, mean, variance)
+    r"\bCS231n( assignment 2)?",  # the name of Stanford's course and of its batch-norm assignment
+    r"Moodle 3\.1",  # a software version, named as the release that changed a default
 ]
 
 #: Numbers written as words ("three seeds", "six blocks", "a third of a percent").
