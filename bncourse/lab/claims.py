@@ -298,8 +298,10 @@ def judge_fraction(fractions: dict[float, Sequence[float]], default_p: float) ->
     parts = ", ".join(f"{_pct(m, 1)} at p = {format_number(p, 1)}" for p, m in means.items())
     half_at = [format_number(p, 1) for p, h in halves.items() if h]
     because = (
-        f"the dropped fraction is p: {parts} (each equivalent to p within "
-        f"±{_pct(FRACTION_MARGIN)}: {'yes' if equal_p else 'no'}); it is one half only at "
+        f"the dropped fraction is {parts}, "
+        + ("each" if equal_p else "not each")
+        + f" shown within ±{format_number(100 * FRACTION_MARGIN, 0)} point of p (TOST); it is one "
+        "half only at "
         + (f"p = {', '.join(half_at)}" if half_at else "no p tried")
         + f", PyTorch's default being p = {format_number(default_p, 1)}"
     )
@@ -720,7 +722,10 @@ def _gradient_ratio(model: nn.Sequential, x: Tensor, y: Tensor, draws: int) -> f
 
 
 def backward_gain(model: nn.Sequential, x: Tensor, y: Tensor) -> dict[str, float]:
-    """Per hidden layer of a sigmoid MLP: mean sigmoid slope, pre-activation std, backward gain.
+    """Per hidden layer of a sigmoid MLP: mean sigmoid slope, pre-activation spread, backward gain.
+
+    ``std_min``/``std_max``: the smallest and largest spread of a layer's pre-activations (over
+    examples and units); ``batch_std``: the per-unit batch standard deviation, averaged.
 
     The gain is the geometric mean over consecutive hidden layers of the ratio of the loss
     gradient's norm at one layer's pre-activation to its norm at the next layer's.
@@ -746,6 +751,7 @@ def backward_gain(model: nn.Sequential, x: Tensor, y: Tensor) -> dict[str, float
         "gain": float(np.exp(np.mean(np.log(norms[:-1] / norms[1:])))),
         "std_min": min(stds),
         "std_max": max(stds),
+        "batch_std": float(np.mean([float(t.detach().std(0).mean()) for t in hidden])),
     }
 
 
@@ -801,8 +807,8 @@ def gradient_experiment(
         )
         if name == "dropout" and c.verdict != "larger":
             because += (
-                f"; on the log scale the change is {eq.sentence(digits=2, unit='')} "
-                f"(margin log 2, a factor of 2)"
+                f"; on the log scale, with a margin of log 2 (a factor of 2 either way), the "
+                f"change is {eq.sentence(digits=2, unit='')}"
             )
         numbers = {"ratio": geo[name], "plain": geo["plain"], "change": c.ratio, "depth": depth}
         numbers |= {"seeds": len(seeds), "margin_factor": math.exp(GRADIENT_MARGIN)}
@@ -946,6 +952,8 @@ def lr_range_experiment(seeds: Sequence[int] = SEEDS[:5], epochs: int = LR_EPOCH
         "large_runs": float(large.sum() * len(seeds)),
     }
     numbers |= {"lr_small": LR_SMALL, "lr_large": LR_LARGE}
+    low = min(float(v[0][small].min()) for v in sweep.values())
+    numbers |= {"small_min_acc": low, "chance": 100 / _digits().num_classes}
     return Evidence(verdict, numbers, because, {"sweep": sweep, "comparison": c})
 
 
