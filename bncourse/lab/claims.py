@@ -860,6 +860,11 @@ def judge_running_statistics(
         f"(largest relative difference {ema_error:.1g}) and their variance differs from the whole "
         f"training set's by {_pct(whole_diff, 1)} (median over features)"
     )
+    if verdict == "partly true":
+        because += (
+            ": whole-set statistics are the paper's inference procedure, not PyTorch's default "
+            "buffers"
+        )
     numbers = {"eval_error": eval_error, "ema_error": ema_error, "whole": 100 * whole_diff}
     return Evidence(verdict, numbers | {"tol": tol}, because)
 
