@@ -999,7 +999,8 @@ CLAIMS: dict[str, Claim] = {
         Claim(
             "bn_vanishing",
             "Batch norm alleviates vanishing gradients.",
-            "the same gradient ratio with BN before every sigmoid",
+            "the first layer's gradient relative to the last in deep sigmoid networks, with BN "
+            "before every sigmoid and without",
             "why-saturation",
             lambda: _gradients()["BN"],
         ),
@@ -1080,8 +1081,7 @@ CLAIMS: dict[str, Claim] = {
         Claim(
             "dropout_vanishing",
             "Dropout alleviates vanishing gradients.",
-            "the first layer's gradient relative to the last in deep sigmoid networks, with "
-            "dropout (averaged over masks) and without",
+            "the same gradient ratio with dropout after every sigmoid, averaged over masks",
             "why-saturation",
             lambda: _gradients()["dropout"],
         ),
