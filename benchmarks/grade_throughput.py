@@ -11,6 +11,9 @@ grades identical copies of it four ways and prints submissions per minute and th
 * ``bncourse grade --workers 1`` and ``bncourse grade --workers 2`` (the process pool);
 * ``bncourse grade --cluster local --workers 1`` and ``... --workers 2``: the same on Dask, every
   submission and result travelling as data (the cluster's start and stop are in the time);
+* ``bncourse grade --workers 1`` with ``c.TrustedExecute.prestart = False``: each kernel started
+  when its notebook comes, not while the previous one is graded (serial nbgrader, in one
+  process, starts kernels ahead as ``bncourse grade`` does);
 * ``bncourse grade --workers 1`` with ``c.Sandbox.enabled = False``: the per-submission time with
   and without the sandbox, side by side (the trusted verdict is computed the same way in both).
 
@@ -20,6 +23,7 @@ submission pays.
 
     python benchmarks/grade_throughput.py                 # 40 ps01 submissions
     python benchmarks/grade_throughput.py --n 8 --example # the tiny example class, seconds
+    python benchmarks/grade_throughput.py --n 12 --runs workers1 no-prestart  # two runs only
 """
 
 from __future__ import annotations
@@ -128,13 +132,58 @@ def kernel_floor(repeats: int) -> float:
     return sum(times) / len(times)
 
 
+RUNS = {
+    "serial": "serial nbgrader autograde + feedback + export",
+    "workers1": "bncourse grade --workers 1",
+    "workers2": "bncourse grade --workers 2",
+    "dask1": "bncourse grade --cluster local --workers 1",
+    "dask2": "bncourse grade --cluster local --workers 2",
+    "no-prestart": "bncourse grade --workers 1, no kernel started ahead",
+    "unsandboxed": "bncourse grade --workers 1, no sandbox",
+}
+"""The runs, by the name ``--runs`` takes."""
+
+EXTRA_CONFIG = {
+    "no-prestart": "c.TrustedExecute.prestart = False",
+    "unsandboxed": "c.Sandbox.enabled = False\nc.Sandbox.allow_unsandboxed = True",
+}
+
+
+def run_one(name: str, root: Path, assignment: str) -> float:
+    """Grade the class in ``root`` the way ``name`` says; wall-clock seconds."""
+    label = RUNS[name]
+    if name == "serial":
+        nbgrader = str(BIN / "nbgrader")
+        autograde = sh([nbgrader, "autograde", assignment, "--force"], root, label)
+        CPU["serial nbgrader autograde (alone)"] = CPU[label]
+        SECONDS["serial nbgrader autograde (alone)"] = autograde
+        rest = sh([nbgrader, "generate_feedback", assignment, "--force"], root, label)
+        return autograde + rest + sh([nbgrader, "export"], root, label)
+    grade = [str(BIN / "bncourse"), "grade", assignment, "--no-progress"]
+    if name.startswith("dask"):
+        grade += ["--cluster", "local"]
+    return sh([*grade, "--workers", "2" if name.endswith("2") else "1"], root, label)
+
+
+SECONDS: dict[str, float] = {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=40, help="number of submissions (default 40)")
     parser.add_argument("--assignment", default="ps01_batchnorm")
     parser.add_argument("--example", action="store_true", help="use the tiny example class")
     parser.add_argument("--floor-repeats", type=int, default=5)
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(RUNS),
+        default=list(RUNS),
+        help="which runs to time, in this order (default: all)",
+    )
     args = parser.parse_args()
+    if args.n < 1:
+        parser.error(f"--n must be a positive number of submissions, got {args.n}")
     assignment = ec.ASSIGNMENT if args.example else args.assignment
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the start")
 
@@ -142,45 +191,14 @@ def main() -> int:
         tmp = Path(tmp)
         base = make_base(tmp / "base", assignment, args.example)
         kinds = synthetic_class(base, assignment, args.n)
-        names = ("serial", "workers1", "workers2", "dask1", "dask2", "unsandboxed")
-        roots = {name: tmp / name for name in names}
-        for root in roots.values():
+        roots = {name: tmp / name for name in args.runs}
+        for name, root in roots.items():
             shutil.copytree(base, root)
-        with open(roots["unsandboxed"] / "nbgrader_config.py", "a") as config:
-            config.write("\nc.Sandbox.enabled = False\nc.Sandbox.allow_unsandboxed = True\n")
-
-        nbgrader = str(BIN / "nbgrader")
-        serial = "serial nbgrader autograde + feedback + export"
-        autograde = sh([nbgrader, "autograde", assignment, "--force"], roots["serial"], serial)
-        CPU["serial nbgrader autograde (alone)"] = CPU[serial]
-        feedback = sh(
-            [nbgrader, "generate_feedback", assignment, "--force"], roots["serial"], serial
-        )
-        export = sh([nbgrader, "export"], roots["serial"], serial)
-        grade = [str(BIN / "bncourse"), "grade", assignment, "--no-progress", "--workers"]
-        seconds = {
-            "serial nbgrader autograde (alone)": autograde,
-            "serial nbgrader autograde + feedback + export": autograde + feedback + export,
-            "bncourse grade --workers 1": sh(
-                [*grade, "1"], roots["workers1"], "bncourse grade --workers 1"
-            ),
-            "bncourse grade --workers 2": sh(
-                [*grade, "2"], roots["workers2"], "bncourse grade --workers 2"
-            ),
-            "bncourse grade --cluster local --workers 1": sh(
-                [*grade[:-1], "--cluster", "local", "--workers", "1"],
-                roots["dask1"],
-                "bncourse grade --cluster local --workers 1",
-            ),
-            "bncourse grade --cluster local --workers 2": sh(
-                [*grade[:-1], "--cluster", "local", "--workers", "2"],
-                roots["dask2"],
-                "bncourse grade --cluster local --workers 2",
-            ),
-            "bncourse grade --workers 1, no sandbox": sh(
-                [*grade, "1"], roots["unsandboxed"], "bncourse grade --workers 1, no sandbox"
-            ),
-        }
+            if name in EXTRA_CONFIG:
+                with open(root / "nbgrader_config.py", "a") as config:
+                    config.write(f"\n{EXTRA_CONFIG[name]}\n")
+        for name, root in roots.items():
+            SECONDS[RUNS[name]] = run_one(name, root, assignment)
         floor = kernel_floor(args.floor_repeats)
 
         records = {
@@ -190,13 +208,13 @@ def main() -> int:
             }
             for name, root in roots.items()
         }
-        same = all(r == records["serial"] for r in records.values())
+        first = args.runs[0]
+        same = all(r == records[first] for r in records.values())
         csvs = {name: (root / "grades.csv").read_text() for name, root in roots.items()}
-        same_csv = all(c == csvs["serial"] for c in csvs.values())
-        scores = class_records(f"sqlite:///{roots['serial']}/gradebook.db", assignment)
+        same_csv = all(c == csvs[first] for c in csvs.values())
+        scores = class_records(f"sqlite:///{roots[first]}/gradebook.db", assignment)
 
     n = args.n
-    reference = seconds["serial nbgrader autograde + feedback + export"]
     print(
         f"\n{n} submissions of {assignment}: "
         + ", ".join(
@@ -206,26 +224,24 @@ def main() -> int:
     )
     for kind in ("correct", "blank", "partial"):
         values = sorted({scores[s].score for s, k in kinds.items() if k == kind})
-        print(f"  scores of the {kind} ones: {values} of {scores['s000'].max_score:g}")
-    print(f"\n{'run':<48} {'seconds':>8} {'subm./min':>10} {'speed-up':>9} {'CPU s':>7}")
-    for name, secs in seconds.items():
-        print(
-            f"{name:<48} {secs:8.1f} {60 * n / secs:10.1f} {reference / secs:8.2f}x "
-            f"{CPU[name]:7.1f}"
-        )
+        if values:
+            print(f"  scores of the {kind} ones: {values} of {scores['s000'].max_score:g}")
+    reference = SECONDS.get(RUNS["serial"])
+    print(f"\n{'run':<52} {'seconds':>8} {'subm./min':>10} {'speed-up':>9} {'CPU s':>7}")
+    for name, secs in SECONDS.items():
+        speed_up = f"{reference / secs:8.2f}x" if reference else f"{'-':>9}"
+        print(f"{name:<52} {secs:8.1f} {60 * n / secs:10.1f} {speed_up} {CPU[name]:7.1f}")
     print(
         f"\nfloor: a fresh kernel importing torch takes {floor:.2f} s "
         f"({60 / floor:.0f} per minute per core; {60 * 2 / floor:.0f} per minute on 2 cores)"
     )
-    sandboxed = seconds["bncourse grade --workers 1"] / n
-    bare = seconds["bncourse grade --workers 1, no sandbox"] / n
-    on_dask = seconds["bncourse grade --cluster local --workers 1"] / n
-    print(
-        f"per submission, one worker: {sandboxed:.2f} s sandboxed, {bare:.2f} s without the "
-        f"sandbox: the sandbox costs {100 * (sandboxed / bare - 1):+.1f}%; "
-        f"{sandboxed / floor:.2f}x the floor; on Dask {on_dask:.2f} s, {on_dask / floor:.2f}x "
-        "the floor"
-    )
+    per = {name: SECONDS[RUNS[name]] / n for name in args.runs if name != "serial"}
+    print("per submission with one worker, against the floor measured in this run:")
+    for name in ("workers1", "no-prestart", "unsandboxed", "dask1"):
+        if name in per:
+            print(f"  {RUNS[name]:<52} {per[name]:6.2f} s  {per[name] / floor:5.2f}x the floor")
+    if "workers1" in per and "unsandboxed" in per:
+        print(f"  the sandbox costs {100 * (per['workers1'] / per['unsandboxed'] - 1):+.1f}%")
     print(f"same grades in all {len(roots)} gradebooks: {same}; identical grades.csv: {same_csv}")
     print(
         "(CPU s: processor time of the run and its kernels; the machine's other load is not in "

@@ -188,6 +188,7 @@ def _grade_in(
     subdir = str(course.source_dir.relative_to(course.root))
     shutil.copytree(source, tmp / subdir / assignment)
     config = course.config_for(tmp, db_url=f"sqlite:///{tmp / 'gradebook.db'}")
+    config.TrustedExecute.prestart = False  # one notebook: no next kernel to start ahead
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     made = api.generate_assignment(assignment, force=True, create=True)
     if not made["success"]:

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import queue
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,9 @@ from traitlets import Bool, Unicode
 
 from bncourse.grading.catalogue import BOOK_URL_VARIABLE
 from bncourse.grading.guard import notebook_runs_elsewhere
+from bncourse.trusted import spare
 from bncourse.trusted.proxies import Kernel, KernelError
-from bncourse.trusted.sandbox import (
-    Sandbox,
-    SandboxedKernelManager,
-    SandboxUnavailable,
-    prepare_folder,
-    shared_memory_folder,
-)
+from bncourse.trusted.sandbox import Sandbox, SandboxUnavailable
 from bncourse.trusted.scan import scan_cells
 
 __all__ = ["TrustedExecute", "read_report", "strip_hidden_tests"]
@@ -79,8 +73,10 @@ def strip_hidden_tests(source: str) -> str:
     return "\n".join(lines)
 
 
-KERNEL_SIDE = "bncourse.trusted.kernel_side"
-"""The module a kernel imports to answer the grader."""
+KERNEL_SIDE = spare.KERNEL_SIDE
+
+HISTORY_ARGUMENT = "--HistoryManager.hist_file"
+"""nbclient adds this kernel argument when it starts a kernel itself (not a spare)."""
 
 IMPORT_ERRORS = ("ModuleNotFoundError", "ImportError")
 """What a kernel raises when its environment lacks the course package or one of its dependencies."""
@@ -137,6 +133,12 @@ class TrustedExecute(Execute):
     report_path = Unicode(
         "", help="Append findings (JSON lines) to this file; empty: log them as warnings."
     ).tag(config=True)
+    prestart = Bool(
+        True,
+        help="Start the next notebook's sandboxed kernel while this notebook is graded (see "
+        "bncourse.trusted.spare); each kernel still serves one notebook only. bncourse check, "
+        "which grades one notebook, turns it off.",
+    ).tag(config=True)
     book_url = Unicode(
         "",
         help="Where the course book is published, for the links in the checks' feedback "
@@ -163,16 +165,15 @@ class TrustedExecute(Execute):
             self._finding("unsandboxed", f"graded without a sandbox: {reason}")
         for cell_index, note in scan_cells(nb, set(self._tests)):
             self._finding("flagged", note, cell=cell_index)
-        with tempfile.TemporaryDirectory(
-            prefix="bncourse-kernel-", dir=shared_memory_folder()
-        ) as tmp:
-            tmp_path = Path(tmp)
-            tmp_path.chmod(0o755)
-            self._sockets = prepare_folder(tmp_path / "sockets", self._settings)
-            self._responses = prepare_folder(tmp_path / "responses", self._settings)
-            self._requests = tmp_path / "requests"
-            self._requests.mkdir(mode=0o755)
-            self._kernel = Kernel(self._in_kernel, self._requests, self._responses)
+        self._slot = self._sandboxed and spare.take(self._spare_key(nb))
+        if self._slot:  # started while the previous notebook was graded (same settings)
+            self._settings = self._slot.settings
+            self._start_spare(nb)  # this kernel is up: the next one has the whole notebook
+        else:
+            self._slot = spare.new_slot(self._settings)
+        try:
+            slot = self._slot
+            self._kernel = Kernel(self._in_kernel, slot.requests, slot.responses)
             self._namespace: dict[str, Any] = {"__name__": "__bncourse_tests__"}
             self._remote: set[str] = set()
             self._dead: str | None = None
@@ -187,22 +188,45 @@ class TrustedExecute(Execute):
             finally:
                 torch.set_rng_state(rng)
                 self._write_report()
+        finally:
+            self._slot.remove()
 
     # -- the kernel ---------------------------------------------------------------------------
 
     def create_kernel_manager(self):
         if not self._sandboxed:
             return super().create_kernel_manager()
-        if not self.kernel_name:
-            self.kernel_name = self.nb.metadata.get("kernelspec", {}).get("name") or "python3"
-        self.km = SandboxedKernelManager(kernel_name=self.kernel_name, config=self.config)
-        self.km.configure(
-            self._settings,
-            sockets=self._sockets,
-            writable=[self._responses],
-            readable=[self._requests],
-        )
+        self.kernel_name = self._kernel_name(self.nb)
+        if self._slot.km is None:
+            self._slot.km = self._slot.manager(self.kernel_name, self.config)
+        self.km = self._slot.km  # a spare kernel is already started: nbclient only connects
         return self.km
+
+    def _kernel_name(self, nb: NotebookNode) -> str:
+        return self.kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+
+    def _spare_key(self, nb: NotebookNode) -> tuple:
+        """What a spare kernel must have been started with to serve the notebook ``nb``."""
+        limits = sorted(
+            (k, v) for k, v in self._settings.trait_values(config=True).items() if k != "uid"
+        )
+        return (self._kernel_name(nb), tuple(self._kernel_arguments()), tuple(limits))
+
+    def _kernel_arguments(self) -> list[str]:
+        """The kernel's extra arguments, less the history file nbclient adds when it starts one."""
+        return [a for a in self.extra_arguments if not a.startswith(HISTORY_ARGUMENT)]
+
+    def _start_spare(self, nb: NotebookNode) -> None:
+        """Start the next notebook's kernel now, while this one runs (see ``prestart``)."""
+        settings = Sandbox(parent=self)
+        if self.prestart and self._sandboxed and not settings.uid:  # a fixed uid: no second user
+            spare.start_spare(
+                self._spare_key(nb),
+                settings,
+                self._kernel_name(nb),
+                self.config,
+                self._kernel_arguments(),
+            )
 
     def _in_kernel(self, code: str) -> None:
         """Run one line in the kernel for a stand-in; KernelError if it does not complete.
@@ -320,6 +344,8 @@ class TrustedExecute(Execute):
         if not self._primed and not self._dead:
             self._primed = True
             self._prime()
+            if not spare.started():
+                self._start_spare(self.nb)  # after this kernel's start, not competing with it
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if cell.cell_type == "code" and grade_id in self._tests:
             self._check_cell(cell, grade_id)

@@ -75,8 +75,10 @@ class Sandbox(Configurable):
     ).tag(config=True)
     uid = Integer(
         0,
-        help="User the kernel runs as when the grader runs as root; 0 (the default) picks an "
-        "unused one per grading process, so that no two kernels share a process budget.",
+        help="User the kernel runs as when the grader runs as root; 0 (the default) picks two "
+        "unused ones per grading process, taken in turn by consecutive kernels, so that no two "
+        "kernels share a process budget (a kernel started ahead runs beside the current one). "
+        "A fixed uid turns starting kernels ahead off.",
     ).tag(config=True)
     gid = Integer(65534, help="Group the kernel runs as when the grader runs as root.").tag(
         config=True
@@ -110,7 +112,8 @@ class Sandbox(Configurable):
 
     @property
     def sandbox_uid(self) -> int:
-        """The kernel's user: :attr:`uid`, or one of 200000-299999 chosen by this process."""
+        """The kernel's user: :attr:`uid`, or one of 200000-299999 chosen by this process (its
+        second user is 100000 above, see :func:`bncourse.trusted.spare.new_slot`)."""
         return self.uid or 200_000 + os.getpid() % 100_000
 
     def owner(self) -> tuple[int, int]:
@@ -289,6 +292,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     sockets: Path
     extra_writable: list[Path]
     extra_readable: list[Path]
+    kernel_arguments: list[str]
 
     def configure(
         self,
@@ -297,8 +301,12 @@ class SandboxedKernelManager(AsyncKernelManager):
         sockets: Path,
         writable: list[Path] = (),
         readable: list[Path] = (),
+        arguments: list[str] = (),
     ) -> None:
+        """Where the kernel's sockets go, what else it may write and read, and ``arguments``
+        added to every kernel command of this manager."""
         self.sandbox_settings = sandbox
+        self.kernel_arguments = list(arguments)
         self.sockets = Path(sockets)
         self.extra_writable, self.extra_readable = list(writable), list(readable)
         self._cgroup: KernelCgroup | None = None
@@ -312,7 +320,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         return cmd, kw
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-        cmd = super().format_kernel_cmd(extra_arguments)
+        cmd = super().format_kernel_cmd([*(extra_arguments or []), *self.kernel_arguments])
         python = shutil.which(cmd[0], path=os.environ.get("PATH")) or cmd[0]
         cmd[0] = str(Path(python).absolute())
         settings = self.sandbox_settings
