@@ -319,6 +319,14 @@ def _expect(condition: bool, what: str) -> None:
         raise WireError(f"malformed message: {what}")
 
 
+def _decoded_init(node: dict[str, Any], decoder: Decoder, depth: int) -> dict[str, Any]:
+    """A module node's constructor arguments, decoded and checked to be plain bounded values."""
+    init = decoder.decode(node.get("init") or {"$t": "dict", "v": []}, depth + 1)
+    _expect(isinstance(init, dict), "bad constructor arguments")
+    _check_init(init)
+    return init
+
+
 def _check_init(init: Any) -> None:
     """Constructor arguments are plain values; numbers are bounded so nothing huge is built."""
     if isinstance(init, dict):
@@ -432,9 +440,7 @@ class Decoder:
         if name is not None:
             _expect(name in MODULE_CLASSES, f"module class {name!r} is not allowed")
             cls, _, takes_device = MODULE_CLASSES[name]
-            init = self.decode(node.get("init") or {"$t": "dict", "v": []}, depth + 1)
-            _expect(isinstance(init, dict), "bad constructor arguments")
-            _check_init(init)
+            init = _decoded_init(node, self, depth)
             try:
                 module = cls(**init, **({"device": "meta"} if takes_device else {}))
             except (TypeError, ValueError) as error:
@@ -550,9 +556,7 @@ def _apply_settings(module: nn.Module, node: dict[str, Any], decoder: Decoder, d
     name = node.get("cls")
     if name is None or _CLASS_NAMES.get(type(module)) != name:
         return
-    init = decoder.decode(node.get("init") or {"$t": "dict", "v": []}, depth + 1)
-    _expect(isinstance(init, dict), "bad constructor arguments")
-    _check_init(init)
+    init = _decoded_init(node, decoder, depth)
     for key, value in init.items():
         if key in _STRUCTURAL or not isinstance(key, str):
             continue
