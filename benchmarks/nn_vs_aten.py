@@ -20,7 +20,8 @@ the time, as a fraction of the device's peak bandwidth.
 
 The machine may be shared: each measurement alternates ATen and the reference module for
 ``--rounds`` rounds and prints the median time of each and the median of the per-round ratios,
-which are what to compare between runs.
+which are what to compare between runs, with the range of those ratios over the rounds in
+brackets: a wide range means a noisy machine, and a median worth measuring again.
 """
 
 from __future__ import annotations
@@ -93,9 +94,16 @@ def _time(run: Callable[[], None], device: torch.device, min_run_time: float) ->
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def _median_ratio(times: list[float], baseline: list[float]) -> float:
-    """Median over rounds of the ratio of two times measured side by side."""
-    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
+def ratios(times: list[float], baseline: list[float]) -> tuple[float, float, float]:
+    """Median, least and greatest over rounds of the ratio of two times measured side by side."""
+    per_round = [t / b for t, b in zip(times, baseline, strict=True)]
+    return statistics.median(per_round), min(per_round), max(per_round)
+
+
+def _ratio_text(times: list[float], baseline: list[float]) -> str:
+    """'1.23x [1.10-1.40]': the median ratio over rounds, and its range."""
+    median, least, greatest = ratios(times, baseline)
+    return f"{median:.2f}x [{least:.2f}-{greatest:.2f}]"
 
 
 def peak_bandwidth(device: torch.device) -> float | None:
@@ -148,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"device: cpu, {args.threads} thread(s), torch {torch.__version__}")
-    header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen':>10}"
+    header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen [range]':>20}"
     if not args.no_compile:
-        header += f" {'compiled ms':>11} {'compiled/ATen':>13}"
+        header += f" {'compiled ms':>11} {'compiled/ATen [range]':>21}"
     if peak:
         header += f" {'ATen bw':>8} {'eager bw':>8}"
     print(header)
@@ -172,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             eager = statistics.median(times["eager"])
             line = (
                 f"{str(shape):<18} {mode:<8} {aten * 1e3:>9.3f} {eager * 1e3:>9.3f} "
-                f"{_median_ratio(times['eager'], times['ATen']):>9.2f}x"
+                f"{_ratio_text(times['eager'], times['ATen']):>20}"
             )
             if not args.no_compile:
                 compiled = statistics.median(times["compiled"])
-                ratio = _median_ratio(times["compiled"], times["ATen"])
-                line += f" {compiled * 1e3:>11.3f} {ratio:>12.2f}x"
+                line += (
+                    f" {compiled * 1e3:>11.3f} {_ratio_text(times['compiled'], times['ATen']):>21}"
+                )
             if peak:
                 moved = bytes_moved(shape, mode, dtype)
                 line += f" {moved / aten / peak:>7.0%} {moved / eager / peak:>8.0%}"

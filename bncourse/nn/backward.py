@@ -82,7 +82,7 @@ def batch_norm_backward(
                 "batch norm in training mode needs more than 1 value per channel, "
                 f"got input of shape {tuple(input.shape)}"
             )
-        mean, var = batch_statistics(input)
+        mean, var = batch_statistics(input, scratch_like(input))
     else:
         if running_mean is None or running_var is None:
             raise InputError("running_mean and running_var are needed in evaluation mode")
@@ -93,16 +93,16 @@ def batch_norm_backward(
     )
 
 
-def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+def batch_statistics(x: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each channel, shaped (1, C, 1, ...) to broadcast over ``x``.
 
     Two passes, the variance as the mean of the squares of ``x - mean``: stable where the one-pass
     ``E[x^2] - mean^2`` loses every digit to cancellation (a channel of large mean and small
-    spread). The squares are written over the centred values, one large temporary in all.
+    spread). The centred values and their squares are written into ``scratch`` where one is
+    given (see :func:`scratch_like`), and are fresh tensors otherwise.
     """
     dims = reduction_dims(x)
     mean = x.mean(dim=dims, keepdim=True)
-    scratch = scratch_like(x, mean)
     centered = torch.sub(x, mean, out=scratch)
     squares = torch.mul(centered, centered, out=scratch)
     return mean, squares.mean(dim=dims, keepdim=True)
@@ -141,8 +141,9 @@ def batch_norm_backward_from_statistics(
     scale = inv_std if weight is None else inv_std * per_channel(weight, input.dim())
     if training:
         # The paths through the variance and through the mean, as per-channel coefficients.
-        variance_path = scale * inv_std * grad_weight * (-1 / n)  # -gamma k^3 sum g(x-mu) / n
-        mean_path = scale * grad_bias * (-1 / n)  # -gamma k sum g / n
+        per_value = scale * (-1 / n)  # -gamma k / n
+        variance_path = per_value * inv_std * grad_weight  # -gamma k^3 sum g(x - mu) / n
+        mean_path = per_value * grad_bias  # -gamma k sum g / n
         centered = torch.sub(input, mean, out=scratch)
         grad_input = multiply_add(centered, variance_path, mean_path, out=scratch)
         grad_input = torch.addcmul(grad_input, grad_output, scale, out=scratch)

@@ -58,7 +58,9 @@ def _normalize_with_batch_statistics(
     forward-mode AD, ``batch_norm`` calls it directly, as plain differentiable operations.
     """
     x = input.to(computation_dtype(input))
-    mean, var = batch_statistics(x)
+    # One large temporary: the centred values, then their squares, then the output.
+    scratch = scratch_like(x, weight, bias)
+    mean, var = batch_statistics(x, scratch)
     inv_std = torch.rsqrt(var + eps)
     # gamma * (x - mean) / sqrt(var + eps) + beta, as one multiply-add per element with
     # per-channel scale = gamma / sqrt(var + eps) and shift = beta - mean * scale.
@@ -67,7 +69,7 @@ def _normalize_with_batch_statistics(
         shift = -mean * scale
     else:
         shift = torch.addcmul(per_channel(bias, x.dim()), mean, scale, value=-1)
-    out = multiply_add(x, scale, shift, out=scratch_like(x, scale, shift))
+    out = multiply_add(x, scale, shift, out=scratch)
     return out.to(input.dtype), mean, var, inv_std
 
 
