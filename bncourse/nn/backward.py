@@ -148,7 +148,7 @@ def batch_norm_backward_from_statistics(
         grad_input = multiply_add(centered, variance_path, mean_path, out=scratch)
         grad_input = torch.addcmul(grad_input, grad_output, scale, out=scratch)
     else:
-        grad_input = grad_output * scale
+        grad_input = torch.mul(grad_output, scale, out=scratch)
     return grad_input, grad_weight.reshape(-1), grad_bias.reshape(-1)
 
 
