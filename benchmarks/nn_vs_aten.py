@@ -20,7 +20,10 @@ the time, as a fraction of the device's peak bandwidth.
 
 The machine may be shared: each measurement alternates ATen and the reference module for
 ``--rounds`` rounds and prints the median time of each and the median of the per-round ratios,
-which are what to compare between runs.
+which are what to compare between runs, with the range of those ratios over the rounds in
+brackets: a wide range means a noisy machine, and a median worth measuring again. On a CPU the
+times are the CPU time of the timing thread (``--clock cpu``, the default there), which leaves
+out the time other processes hold the core; ``--clock wall`` times the wall clock instead.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
+import timeit
 from collections.abc import Callable
 
 import torch
@@ -83,19 +88,34 @@ def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, mode: str) -> 
     return run
 
 
-def _time(run: Callable[[], None], device: torch.device, min_run_time: float) -> float:
+CLOCKS = {"wall": timeit.default_timer, "cpu": time.thread_time}
+
+
+def _time(run: Callable[[], None], device: torch.device, min_run_time: float, clock: str) -> float:
     """Median seconds per call, after a warm-up (for torch.compile, the compilation)."""
     for _ in range(3):  # warm-up; for torch.compile, the compilation
         run()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    timer = benchmark.Timer(
+        stmt="run()",
+        globals={"run": run},
+        timer=CLOCKS[clock],
+        num_threads=torch.get_num_threads(),
+    )
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def _median_ratio(times: list[float], baseline: list[float]) -> float:
-    """Median over rounds of the ratio of two times measured side by side."""
-    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
+def ratios(times: list[float], baseline: list[float]) -> tuple[float, float, float]:
+    """Median, least and greatest over rounds of the ratio of two times measured side by side."""
+    per_round = [t / b for t, b in zip(times, baseline, strict=True)]
+    return statistics.median(per_round), min(per_round), max(per_round)
+
+
+def _ratio_text(times: list[float], baseline: list[float]) -> str:
+    """'1.23x [1.10-1.40]': the median ratio over rounds, and its range."""
+    median, least, greatest = ratios(times, baseline)
+    return f"{median:.2f}x [{least:.2f}-{greatest:.2f}]"
 
 
 def peak_bandwidth(device: torch.device) -> float | None:
@@ -130,12 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        help="cpu: CPU time of the one timing thread (default with --threads 1 on a CPU); "
+        "wall: wall clock (default otherwise)",
+    )
+    parser.add_argument(
         "--peak-gbps", type=float, help="peak device bandwidth in GB/s (default: from torch)"
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    one_cpu_thread = device.type == "cpu" and args.threads == 1
+    clock = args.clock or ("cpu" if one_cpu_thread else "wall")
+    if clock == "cpu" and not one_cpu_thread:
+        parser.error("--clock cpu times one thread on a CPU: use --clock wall")
     torch.set_num_threads(args.threads)
     dtype = torch.float32
     peak = None
@@ -147,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             else "peak bandwidth unknown (use --peak-gbps)"
         )
     else:
-        print(f"device: cpu, {args.threads} thread(s), torch {torch.__version__}")
-    header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen':>10}"
+        print(f"device: cpu, {args.threads} thread(s), torch {torch.__version__}, {clock} clock")
+    header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen [range]':>20}"
     if not args.no_compile:
-        header += f" {'compiled ms':>11} {'compiled/ATen':>13}"
+        header += f" {'compiled ms':>11} {'compiled/ATen [range]':>21}"
     if peak:
         header += f" {'ATen bw':>8} {'eager bw':>8}"
     print(header)
@@ -167,17 +197,18 @@ def main(argv: list[str] | None = None) -> int:
             times = {name: [] for name in runs}
             for _ in range(args.rounds):
                 for name, run in runs.items():
-                    times[name].append(_time(run, device, args.min_run_time))
+                    times[name].append(_time(run, device, args.min_run_time, clock))
             aten = statistics.median(times["ATen"])
             eager = statistics.median(times["eager"])
             line = (
                 f"{str(shape):<18} {mode:<8} {aten * 1e3:>9.3f} {eager * 1e3:>9.3f} "
-                f"{_median_ratio(times['eager'], times['ATen']):>9.2f}x"
+                f"{_ratio_text(times['eager'], times['ATen']):>20}"
             )
             if not args.no_compile:
                 compiled = statistics.median(times["compiled"])
-                ratio = _median_ratio(times["compiled"], times["ATen"])
-                line += f" {compiled * 1e3:>11.3f} {ratio:>12.2f}x"
+                line += (
+                    f" {compiled * 1e3:>11.3f} {_ratio_text(times['compiled'], times['ATen']):>21}"
+                )
             if peak:
                 moved = bytes_moved(shape, mode, dtype)
                 line += f" {moved / aten / peak:>7.0%} {moved / eager / peak:>8.0%}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -22,7 +23,18 @@ def test_prints_one_row_per_shape_and_mode_with_ratios():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("(")]
     assert len(rows) == 2 * 3  # shapes x modes (train, eval, dropout)
     for row in rows:
-        assert re.search(r"\d+\.\d+x$", row), row
+        match = re.search(r"(\d+\.\d+)x \[(\d+\.\d+)-(\d+\.\d+)\]$", row)
+        assert match, row
+        median, least, greatest = map(float, match.groups())
+        assert least <= median <= greatest, row
+
+
+def test_ratios_are_the_median_and_range_over_rounds():
+    spec = importlib.util.spec_from_file_location("nn_vs_aten", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    times, baseline = [2.0, 3.0, 8.0], [1.0, 1.0, 2.0]  # per-round ratios 2, 3, 4
+    assert module.ratios(times, baseline) == (3.0, 2.0, 4.0)
 
 
 def test_a_bad_shape_is_refused_by_name():

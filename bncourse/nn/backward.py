@@ -32,11 +32,13 @@ from bncourse.nn.checks import InputError, NotATensorError, per_channel, reducti
 __all__ = [
     "batch_norm_backward",
     "batch_norm_backward_from_statistics",
+    "batch_statistics",
     "dropout_backward",
     "dropout_mask",
     "inside_functorch",
     "plain_operations_needed",
     "multiply_add",
+    "scratch_like",
 ]
 
 
@@ -62,7 +64,7 @@ def batch_norm_backward(
     """
     if not isinstance(grad_output, Tensor) or not isinstance(input, Tensor):
         raise NotATensorError("grad_output and input must be torch.Tensors")
-    dims = reduction_dims(input)
+    reduction_dims(input)  # refuses input without a channel axis
     if grad_output.shape != input.shape:
         raise InputError(
             f"grad_output must have the shape of input {tuple(input.shape)}, "
@@ -80,23 +82,36 @@ def batch_norm_backward(
                 "batch norm in training mode needs more than 1 value per channel, "
                 f"got input of shape {tuple(input.shape)}"
             )
-        mean = input.mean(dim=dims, keepdim=True)
-        centered = input - mean
-        var = (centered * centered).mean(dim=dims, keepdim=True)  # biased
+        mean, var = batch_statistics(input, scratch_like(input))
     else:
         if running_mean is None or running_var is None:
             raise InputError("running_mean and running_var are needed in evaluation mode")
-        centered = input - per_channel(running_mean, ndim)
-        var = per_channel(running_var, ndim)
+        mean, var = per_channel(running_mean, ndim), per_channel(running_var, ndim)
     inv_std = torch.rsqrt(var + eps)
     return batch_norm_backward_from_statistics(
-        grad_output, centered, inv_std, weight, training=training
+        grad_output, input, mean, inv_std, weight, training=training
     )
+
+
+def batch_statistics(x: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each channel, shaped (1, C, 1, ...) to broadcast over ``x``.
+
+    Two passes, the variance as the mean of the squares of ``x - mean``: stable where the one-pass
+    ``E[x^2] - mean^2`` loses every digit to cancellation (a channel of large mean and small
+    spread). The centred values and their squares are written into ``scratch`` where one is
+    given (see :func:`scratch_like`), and are fresh tensors otherwise.
+    """
+    dims = reduction_dims(x)
+    mean = x.mean(dim=dims, keepdim=True)
+    centered = torch.sub(x, mean, out=scratch)
+    squares = torch.mul(centered, centered, out=scratch)
+    return mean, squares.mean(dim=dims, keepdim=True)
 
 
 def batch_norm_backward_from_statistics(
     grad_output: Tensor,
-    centered: Tensor,
+    input: Tensor,
+    mean: Tensor,
     inv_std: Tensor,
     weight: Tensor | None = None,
     *,
@@ -104,7 +119,7 @@ def batch_norm_backward_from_statistics(
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""The backward pass of batch norm from the forward pass's statistics.
 
-    ``centered`` is :math:`x - \mu` and ``inv_std`` is :math:`1 / \sqrt{\sigma^2 + \epsilon}`
+    ``mean`` is :math:`\mu` and ``inv_std`` is :math:`1 / \sqrt{\sigma^2 + \epsilon}`, both
     shaped to broadcast over the input (``(1, C, 1, ...)``). The formula of the module docstring
     is evaluated without forming :math:`\hat x`: with :math:`k = 1/\sqrt{\sigma^2 + \epsilon}`,
 
@@ -114,68 +129,85 @@ def batch_norm_backward_from_statistics(
         - \gamma k^3 \frac{\sum g (x - \mu)}{n} (x - \mu) - \gamma k \frac{\sum g}{n},
 
     a per-channel multiple of :math:`g`, plus one of :math:`x - \mu`, plus a per-channel constant:
-    two sums over the batch and two multiply-adds, the least work the formula allows.
+    two sums over the batch and multiply-adds per element, all written into one large temporary
+    that becomes the gradient of the input.
     """
-    dims = reduction_dims(centered)
-    n = centered.numel() // max(centered.shape[1], 1)
-    products = grad_output * centered
+    dims = reduction_dims(input)
+    n = input.numel() // max(input.shape[1], 1)
+    scratch = scratch_like(input, grad_output, mean, inv_std, weight)
     grad_bias = grad_output.sum(dim=dims, keepdim=True)  # sum of g
+    products = torch.mul(torch.sub(input, mean, out=scratch), grad_output, out=scratch)
     grad_weight = products.sum(dim=dims, keepdim=True) * inv_std  # sum of g x_hat
-    scale = inv_std if weight is None else inv_std * per_channel(weight, centered.dim())
+    scale = inv_std if weight is None else inv_std * per_channel(weight, input.dim())
     if training:
         # The paths through the variance and through the mean, as per-channel coefficients.
-        variance_path = scale * inv_std * grad_weight * (-1 / n)  # -gamma k^3 sum g(x-mu) / n
-        mean_path = scale * grad_bias * (-1 / n)  # -gamma k sum g / n
-        grad_input = multiply_add(centered, variance_path, mean_path, reuse=products)
-        if may_write_in_place(grad_input, grad_output, scale):
-            grad_input = grad_input.addcmul_(grad_output, scale)
-        else:
-            grad_input = torch.addcmul(grad_input, grad_output, scale)
+        per_value = scale * (-1 / n)  # -gamma k / n
+        variance_path = per_value * inv_std * grad_weight  # -gamma k^3 sum g(x - mu) / n
+        mean_path = per_value * grad_bias  # -gamma k sum g / n
+        centered = torch.sub(input, mean, out=scratch)
+        grad_input = multiply_add(centered, variance_path, mean_path, out=scratch)
+        grad_input = torch.addcmul(grad_input, grad_output, scale, out=scratch)
     else:
-        grad_input = grad_output * scale
+        grad_input = torch.mul(grad_output, scale, out=scratch)
     return grad_input, grad_weight.reshape(-1), grad_bias.reshape(-1)
 
 
-def multiply_add(x: Tensor, scale: Tensor, shift: Tensor, reuse: Tensor | None = None) -> Tensor:
+def multiply_add(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
     """``x * scale + shift`` for per-channel ``scale`` and ``shift`` (shape (1, C, 1, ...)).
 
     One fused pass (``addcmul``) for (N, C) input; for (N, C, ...) input, where the vectors
-    broadcast along trailing axes and addcmul is slower, a multiply and an in-place add.
-    ``reuse``, a tensor of the result's shape that is no longer needed, receives the result
-    (on a CPU a fresh large tensor costs about as much as a pass over it), except where autograd
-    records the operation or under a ``torch.func`` transform, which has no rule for ``out=``.
+    broadcast along trailing axes and addcmul is slower, a multiply and an add. The result is
+    written into ``out`` where one is given (see :func:`scratch_like`).
     """
-    if not may_write_in_place(x, scale, shift):
-        return torch.addcmul(shift, x, scale) if x.dim() == 2 else x * scale + shift
-        if x.dim() > 2:
-            return x * scale + shift
     if x.dim() == 2:
-        return torch.addcmul(shift, x, scale, out=reuse)
-    return torch.mul(x, scale, out=reuse).add_(shift)
+        return torch.addcmul(shift, x, scale, out=out)
+    product = torch.mul(x, scale, out=out)
+    return product.add_(shift) if out is not None else product + shift
+
+
+def scratch_like(x: Tensor, *others: Tensor | None) -> Tensor | None:
+    """An uninitialised tensor like ``x`` for the ``out=`` of a chain of element-wise operations,
+    or None (each operation then returns a fresh tensor) where writing in place is not allowed.
+
+    On a CPU a fresh large tensor costs about as much as a pass over it, and several alive at
+    once cost more (the memory is handed back to the system and faulted in again), so the
+    layers write their intermediate results over one temporary.
+    """
+    return torch.empty_like(x) if may_write_in_place(x, *others) else None
 
 
 def inside_functorch() -> bool:
     """Whether a torch.func transform (vmap, grad, jacrev, ...) is running."""
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return level is not None and level() is not None
+    return torch._C._are_functorch_transforms_active()
 
 
-def may_write_in_place(*tensors: Tensor) -> bool:
+# Tensors batched by vmap: torch.func's, and the legacy ones of autograd's batched gradients.
+_BATCHED_CHECKS = tuple(
+    check
+    for name in ("is_batchedtensor", "is_legacy_batchedtensor")
+    if (check := getattr(torch._C._functorch, name, None)) is not None
+)
+
+
+def may_write_in_place(*tensors: Tensor | None) -> bool:
     """Whether plain eager execution allows ``out=`` and in-place shortcuts on these tensors.
 
     Not where autograd records them, under torch.compile (which fuses on its own), under a
     torch.func transform or forward-mode AD, or for tensors batched by vmap (autograd's batched
-    gradients included): those need the plain, out-of-place operations.
+    gradients included): those need the plain, out-of-place operations. None is ignored.
     """
     if torch.compiler.is_compiling() or plain_operations_needed():
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    checks = [
-        getattr(torch._C._functorch, name, None)
-        for name in ("is_batchedtensor", "is_legacy_batchedtensor")
-    ]
-    return not any(check(t) for check in checks if check is not None for t in tensors)
+    recording = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if recording and t.requires_grad:
+            return False
+        for is_batched in _BATCHED_CHECKS:
+            if is_batched(t):
+                return False
+    return True
 
 
 def plain_operations_needed() -> bool:

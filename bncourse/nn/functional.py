@@ -8,7 +8,6 @@ the hand-derived one of :mod:`bncourse.nn.backward`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import warnings
@@ -19,9 +18,11 @@ from torch import Tensor
 from bncourse.nn.backward import (
     batch_norm_backward,
     batch_norm_backward_from_statistics,
+    batch_statistics,
     inside_functorch,
     multiply_add,
     plain_operations_needed,
+    scratch_like,
 )
 from bncourse.nn.checks import (
     InputError,
@@ -47,54 +48,62 @@ __all__ = [
 ]
 
 
+def _normalize_with_batch_statistics(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training-mode batch norm: the output, and the batch's mean, biased variance and
+    1/sqrt(var + eps), each shaped (1, C, 1, ...).
+
+    The forward pass of :class:`_BatchStatisticsNorm`; under torch.func transforms and
+    forward-mode AD, ``batch_norm`` calls it directly, as plain differentiable operations.
+    """
+    x = input.to(computation_dtype(input))
+    # One large temporary: the centred values, then their squares, then the output.
+    scratch = scratch_like(x, weight, bias)
+    mean, var = batch_statistics(x, scratch)
+    inv_std = torch.rsqrt(var + eps)
+    # gamma * (x - mean) / sqrt(var + eps) + beta, as one multiply-add per element with
+    # per-channel scale = gamma / sqrt(var + eps) and shift = beta - mean * scale.
+    scale = inv_std if weight is None else inv_std * per_channel(weight, x.dim())
+    if bias is None:
+        shift = -mean * scale
+    else:
+        shift = torch.addcmul(per_channel(bias, x.dim()), mean, scale, value=-1)
+    out = multiply_add(x, scale, shift, out=scratch)
+    return out.to(input.dtype), mean, var, inv_std
+
+
 class _BatchStatisticsNorm(torch.autograd.Function):
     """Batch norm with the statistics of the batch; backward: the hand-derived formula.
 
     Returns the output and the batch's mean and biased variance (for the running statistics).
-    Under torch.func transforms and forward-mode AD, ``batch_norm`` runs ``forward`` as plain
-    differentiable operations instead, which every transform understands.
     """
 
     @staticmethod
-    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        x = input.to(computation_dtype(input))
-        dims, ndim = reduction_dims(x), x.dim()
-        mean = x.mean(dim=dims, keepdim=True)
-        centered = x - mean
-        squares = centered * centered
-        var = squares.mean(dim=dims, keepdim=True)  # biased: divided by n
-        inv_std = torch.rsqrt(var + eps)
-        # gamma * (x - mean) / sqrt(var + eps) + beta, as one multiply-add per element, written
-        # over the squares (no longer needed): a fresh large tensor costs as much as a pass.
-        scale = inv_std if weight is None else inv_std * per_channel(weight, ndim)
-        shift = torch.zeros_like(scale) if bias is None else per_channel(bias, ndim)
-        out = multiply_add(centered, scale, shift, reuse=squares)
-        return out.to(input.dtype), mean.flatten(), var.flatten(), inv_std, centered
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        input, weight, bias, eps = inputs
-        _, mean, var, inv_std, centered = output
-        ctx.mark_non_differentiable(mean, var, inv_std, centered)
+    def forward(ctx, input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        out, mean, var, inv_std = _normalize_with_batch_statistics(input, weight, bias, eps)
+        ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)  # no zero gradients for the statistics
-        # x - mean is kept for the backward pass, like the cache of the derivation in the book.
-        ctx.save_for_backward(input, weight, mean, inv_std, centered)
+        # The input and the statistics are kept for the backward pass, which recomputes x - mean:
+        # a pass over the input costs less than keeping another tensor of its size alive.
+        ctx.save_for_backward(input, weight, mean, inv_std)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
+        return out, mean, var
 
     @staticmethod
     def backward(ctx, grad_output: Tensor, *_statistics: Tensor):
         if grad_output is None:
             return None, None, None, None
-        input, weight, mean, inv_std, centered = ctx.saved_tensors
+        input, weight, mean, inv_std = ctx.saved_tensors
         grad_output = grad_output.to(inv_std.dtype)
+        x = input.to(inv_std.dtype)
         if torch.is_grad_enabled():
             # A differentiable backward pass (create_graph=True): the statistics must be
             # recomputed as functions of the input, not taken as the constants saved above.
-            x = input.to(inv_std.dtype)
             grads = batch_norm_backward(grad_output, x, weight, ctx.eps)
         else:
-            grads = batch_norm_backward_from_statistics(grad_output, centered, inv_std, weight)
+            grads = batch_norm_backward_from_statistics(grad_output, x, mean, inv_std, weight)
         grad_input, grad_weight, grad_bias = grads
         needs = ctx.needs_input_grad
         return (
@@ -103,11 +112,6 @@ class _BatchStatisticsNorm(torch.autograd.Function):
             grad_bias.to(ctx.bias_dtype) if needs[2] else None,
             None,
         )
-
-
-# Function.apply binds its arguments with inspect.signature at every call; a signature computed
-# once makes that lookup instant (about a quarter of the layer's overhead on small batches).
-_BatchStatisticsNorm.forward.__signature__ = inspect.signature(_BatchStatisticsNorm.forward)
 
 
 def batch_norm(
@@ -171,9 +175,9 @@ def batch_norm(
     if input.numel() == 0:
         return _empty_output(input, weight, bias)
     if plain_operations_needed():
-        out, mean, var, *_ = _BatchStatisticsNorm.forward(input, weight, bias, eps)
+        out, mean, var, _ = _normalize_with_batch_statistics(input, weight, bias, eps)
     else:
-        out, mean, var, *_ = _BatchStatisticsNorm.apply(input, weight, bias, eps)
+        out, mean, var = _BatchStatisticsNorm.apply(input, weight, bias, eps)
     if running_mean is not None:
         _update_running_statistics(running_mean, running_var, mean, var * (n / (n - 1)), momentum)
     return out
@@ -187,7 +191,8 @@ def _normalize_with(input, mean, var, weight, bias, eps, compute) -> Tensor:
         scale = scale * weight
     shift = -mean * scale if bias is None else bias - mean * scale
     x = input.to(compute)
-    return multiply_add(x, per_channel(scale, ndim), per_channel(shift, ndim)).to(input.dtype)
+    scale, shift = per_channel(scale, ndim), per_channel(shift, ndim)
+    return multiply_add(x, scale, shift, out=scratch_like(x, scale, shift)).to(input.dtype)
 
 
 def _empty_output(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -202,7 +207,8 @@ def _empty_output(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> 
 
 def _update_running_statistics(running_mean, running_var, mean, unbiased_var, momentum) -> None:
     """``running = (1 - momentum) * running + momentum * batch``, in place."""
-    mean, unbiased_var = mean.to(running_mean.dtype), unbiased_var.to(running_var.dtype)
+    mean = mean.reshape(running_mean.shape).to(running_mean.dtype)
+    unbiased_var = unbiased_var.reshape(running_var.shape).to(running_var.dtype)
     if not inside_functorch():
         running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
         running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
