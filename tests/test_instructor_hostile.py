@@ -22,6 +22,24 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 15  # seconds per cell: the infinite loop must be stopped by it, and an honest cell
 # must finish within it while the rest of the suite loads both cores (make test runs two files)
 CORRECT = ec.ANSWERS["correct"]
+OUTPUT_LIMIT = 16 * 2**20  # bytes of output a notebook may send the grader (c.TrustedExecute)
+
+# Output written straight onto the kernel's message socket, past IPython's printing: 48 MiB.
+FIREHOSE = """
+
+_kernel = get_ipython().kernel
+_parent = _kernel.get_parent("shell")
+for _ in range(48):
+    _kernel.session.send(_kernel.iopub_socket, "stream", {"name": "stdout", "text": "x" * 2**20},
+                         parent=_parent)
+"""
+# Lines written to the kernel process's own stdout and stderr, shaped like the grader's.
+FORGER = """
+
+import os as _os
+_os.write(1, b"\\nFORGED-ROW s9-fake   5  5  -\\n")
+_os.write(2, b"FORGED-NOTE [NOTE] a line for another student\\n")
+"""
 
 
 def _with(answers: dict[str, str], root: Path) -> nbformat.NotebookNode:
@@ -66,6 +84,10 @@ def _build_class(root: Path) -> None:
     flood = CORRECT["mean"] + "\n\nfor i in range(2_000):\n    print(i, 'spam ' * 500)"  # 5 MB
     ec.submit(root, "flood", _with({**CORRECT, "mean": flood}, root))
 
+    ec.submit(root, "firehose", _with({**CORRECT, "mean": CORRECT["mean"] + FIREHOSE}, root))
+    forger = CORRECT["variance"] + FORGER
+    ec.submit(root, "forger", _with({**CORRECT, "variance": forger}, root))
+
     ec.submit(root, "twonotebooks", _with(CORRECT, root))
     ec.submit(root, "twonotebooks", release(root), name=f"{ec.ASSIGNMENT}-Copy1.ipynb")
     ec.submit(root, "misnamed", _with(CORRECT, root), name="Warmup (1).ipynb")
@@ -74,6 +96,8 @@ def _build_class(root: Path) -> None:
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = make_course(tmp_path_factory.mktemp("hostile"), timeout=TIMEOUT)
+    with open(root / "nbgrader_config.py", "a") as config:
+        config.write(f"\nc.TrustedExecute.output_limit = {OUTPUT_LIMIT}\n")
     _build_class(root)
     before = tree_hashes(root / "submitted")
     proc = run([str(BIN / "bncourse"), "grade", ec.ASSIGNMENT, "--workers", "2"], root, check=False)
@@ -207,3 +231,21 @@ def test_wrongly_named_notebook_graded_under_expected_name(graded):
     assert _score(graded, "misnamed") == 5
     assert "wrongly named notebook Warmup (1).ipynb" in _row(graded, "misnamed")
     assert (graded["root"] / "submitted" / "misnamed" / ec.ASSIGNMENT / "Warmup (1).ipynb").exists()
+
+
+def test_output_past_the_limit_is_dropped_and_its_kernel_stopped(graded):
+    assert _score(graded, "firehose") == 0  # its kernel is stopped after the flooding cell
+    graded_nb = graded["root"] / "autograded" / "firehose" / ec.ASSIGNMENT
+    cells = nbformat.read(graded_nb / f"{ec.ASSIGNMENT}.ipynb", 4).cells
+    outputs = [o for cell in cells for o in cell.get("outputs", [])]
+    assert any(o.get("ename") == "OutputLimit" for o in outputs)
+    kept = sum(len(o.get("text", "")) for o in outputs)
+    assert kept <= OUTPUT_LIMIT
+
+
+def test_a_kernels_own_stdout_and_stderr_reach_neither_terminal_nor_log(graded):
+    assert _score(graded, "forger") == 5
+    logs = graded["root"] / ".bncourse" / "logs" / ec.ASSIGNMENT
+    written = graded["proc"].stdout + graded["proc"].stderr
+    written += "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
+    assert "FORGED-ROW" not in written and "FORGED-NOTE" not in written

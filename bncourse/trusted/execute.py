@@ -37,7 +37,7 @@ from nbclient.exceptions import DeadKernelError
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_output
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, Unicode
+from traitlets import Bool, Integer, Unicode
 
 from bncourse.grading.catalogue import BOOK_URL_VARIABLE
 from bncourse.grading.guard import notebook_runs_elsewhere
@@ -106,6 +106,17 @@ def _book_url(url: str):
             os.environ[BOOK_URL_VARIABLE] = saved
 
 
+def _size(content: Any) -> int:
+    """About how many bytes a kernel message's content holds (its strings' lengths)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, dict):
+        return sum(len(k) + _size(v) for k, v in content.items())
+    if isinstance(content, (list, tuple)):
+        return sum(_size(v) for v in content)
+    return 8
+
+
 def _free_names(source: str) -> set[str]:
     """Names ``source`` reads without binding them itself (what it takes from the notebook)."""
     tree = ast.parse(source)
@@ -132,6 +143,12 @@ class TrustedExecute(Execute):
     ).tag(config=True)
     report_path = Unicode(
         "", help="Append findings (JSON lines) to this file; empty: log them as warnings."
+    ).tag(config=True)
+    output_limit = Integer(
+        64 * 2**20,
+        help="Bytes of output (text, images, widget messages) a notebook's kernel may send the "
+        "grader; past it, further output is dropped and the kernel is stopped once the cell "
+        "ends, so that no notebook can fill the grader's memory.",
     ).tag(config=True)
     prestart = Bool(
         True,
@@ -180,6 +197,7 @@ class TrustedExecute(Execute):
             self._primed = False
             self._broken = False  # the kernel cannot import the grader: nothing to compare
             self._deadline = time.monotonic() + self._settings.notebook_timeout
+            self._output_bytes, self._flooded = 0, False
             self._index = 0
             rng = torch.get_rng_state()  # a kernel's answers set it: give it back for classmates
             try:
@@ -367,6 +385,8 @@ class TrustedExecute(Execute):
             result = super().preprocess_cell(cell, resources, index)
             if time.monotonic() >= self._deadline:  # the cell ran into the notebook's limit
                 self._kill_at_limit()
+            elif self._flooded and not self._dead:
+                self._kill(f"cell {index} sent more output than the grader keeps")
             return result
         except DeadKernelError:
             self._dead = "the kernel died (os._exit, a crash or out of memory)"
@@ -375,6 +395,22 @@ class TrustedExecute(Execute):
             return cell, self.resources
         finally:
             self.timeout = saved
+
+    def process_message(self, msg: dict, cell: NotebookNode, cell_index: int):
+        """nbclient's handling of a kernel message, with the notebook's output bounded."""
+        if msg.get("msg_type") not in ("status", "execute_input"):
+            self._output_bytes += _size(msg.get("content"))
+            if self._output_bytes > self.output_limit:
+                if not self._flooded:
+                    self._flooded = True
+                    note = (
+                        f"the notebook sent more than {self.output_limit / 2**20:g} MiB of output;"
+                        " the rest was dropped and its kernel stopped"
+                    )
+                    cell.outputs.append(_error_output("OutputLimit", note))
+                    self._finding("killed", f"cell {cell_index}: {note}", cell=cell_index)
+                return None
+        return super().process_message(msg, cell, cell_index)
 
     def _check_cell(self, cell: NotebookNode, grade_id: str) -> None:
         source = self._tests[grade_id]

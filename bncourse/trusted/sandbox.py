@@ -352,6 +352,9 @@ class SandboxedKernelManager(AsyncKernelManager):
         os.chown(self.connection_file, uid, gid)
         kw["cwd"] = "/"  # the sandbox starts in WORKDIR
         kw["env"] = kernel_environment()
+        # What the kernel writes to its own stdout and stderr is the submission's: never the
+        # grader's terminal or log, where it could pass for the grader's own lines.
+        kw["stdout"] = kw["stderr"] = subprocess.DEVNULL
         return await super()._async_launch_kernel(kernel_cmd, **kw)
 
 
