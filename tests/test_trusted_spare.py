@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -135,3 +136,30 @@ def test_the_kernel_folders_of_consecutive_slots_differ_and_alternate_users():
     finally:
         first.remove()
         second.remove()
+
+
+def test_folders_left_by_a_killed_grading_process_are_removed_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    from bncourse.trusted.sandbox import shared_memory_folder
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    where = Path(shared_memory_folder() or tmp_path)
+    orphan = where / f"bncourse-kernel-{dead}-left"
+    alive = where / f"bncourse-kernel-{os.getpid()}-inuse"
+    for folder in (orphan, alive):
+        (folder / "sockets").mkdir(parents=True)
+    try:
+        spare._remove_orphans.cache_clear()
+        spare.new_slot(Sandbox()).remove()
+        assert not orphan.exists()
+        assert alive.exists()  # a running grader's folder is never touched
+    finally:
+        for folder in (orphan, alive):
+            shutil.rmtree(folder, ignore_errors=True)

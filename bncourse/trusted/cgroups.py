@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["KernelCgroup"]
+__all__ = ["KernelCgroup", "process_alive"]
 
 ROOT = Path("/sys/fs/cgroup")
 _counter = itertools.count()
@@ -33,6 +33,19 @@ def _own_paths() -> dict[str, str]:
         for controller in controllers.split(",") if controllers else [""]:
             paths[controller] = path
     return paths
+
+
+def process_alive(pid: str) -> bool:
+    """Whether the process ``pid`` (a number as text) runs; True when it cannot be told."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class KernelCgroup:
@@ -76,6 +89,18 @@ class KernelCgroup:
             cls(made).remove()
             return None
         return cls(made)
+
+    @classmethod
+    def remove_orphans(cls) -> None:
+        """Remove the groups that grading processes which no longer run left behind (killed
+        before they could remove them)."""
+        own = _own_paths()
+        bases = [ROOT / own.get("", "/").lstrip("/")]
+        bases += [ROOT / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids")]
+        for base in bases:
+            for folder in base.glob("bncourse-*-*") if base.is_dir() else ():
+                if not process_alive(folder.name.split("-")[1]):
+                    cls([folder]).remove()
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` started by a shell that first moves itself into the group(s)."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import multiprocessing.util
+import os
 import shutil
 import tempfile
 import threading
@@ -28,6 +30,7 @@ from typing import Any
 
 from jupyter_core.utils import run_sync
 
+from bncourse.trusted.cgroups import KernelCgroup, process_alive
 from bncourse.trusted.sandbox import (
     Sandbox,
     SandboxedKernelManager,
@@ -80,12 +83,25 @@ class KernelSlot:
 _uids = iter(range(1 << 62))  # which of the process's two sandbox users the next slot gets
 
 
+@functools.cache
+def _remove_orphans() -> None:
+    """Once per process: delete the kernel folders and control groups of grading processes that
+    were killed before they could (an out-of-memory kill, a lost cluster worker)."""
+    for folder in Path(shared_memory_folder() or tempfile.gettempdir()).glob("bncourse-kernel-*"):
+        if not process_alive(folder.name.split("-")[2]):
+            shutil.rmtree(folder, ignore_errors=True)
+    KernelCgroup.remove_orphans()
+
+
 def new_slot(settings: Sandbox) -> KernelSlot:
     """Fresh folders for one kernel; with ``settings.uid`` left at 0, the process's two sandbox
     users alternate from slot to slot."""
+    _remove_orphans()
     if not settings.uid and settings.drops_privileges:
         settings.uid = settings.sandbox_uid + next(_uids) % 2 * 100_000  # 200000-399999
-    folder = Path(tempfile.mkdtemp(prefix="bncourse-kernel-", dir=shared_memory_folder()))
+    folder = Path(
+        tempfile.mkdtemp(prefix=f"bncourse-kernel-{os.getpid()}-", dir=shared_memory_folder())
+    )
     folder.chmod(0o755)
     requests = folder / "requests"
     requests.mkdir(mode=0o755)
