@@ -18,6 +18,7 @@ case "$target" in
   book | test)
     need bubblewrap /usr/bin/bwrap                      # the sandbox every submission runs in
     need util-linux /usr/bin/prlimit                    # prlimit and setpriv, in the sandbox
+    need libseccomp2 "/usr/lib/*/libseccomp.so.2"       # the sandbox's seccomp filter
     ;;&
   test)
     need chromium /usr/bin/chromium                     # browser tests of the built book

@@ -21,6 +21,7 @@ SCRIPT = ROOT / "scripts" / "system-packages.sh"
 PROVIDES = {
     "bubblewrap": "usr/bin/bwrap",
     "util-linux": "usr/bin/prlimit",
+    "libseccomp2": "usr/lib/x86_64-linux-gnu/libseccomp.so.2",
     "chromium": "usr/bin/chromium",
     "postgresql": "usr/lib/postgresql/17/bin/initdb",
 }
@@ -82,6 +83,7 @@ def _path_without_apt(tmp_path: Path) -> str:
 
 
 ALL = set(PROVIDES)
+SANDBOX = {"bubblewrap", "util-linux", "libseccomp2"}
 
 
 def test_nothing_to_do_when_everything_is_there(tmp_path):
@@ -91,9 +93,7 @@ def test_nothing_to_do_when_everything_is_there(tmp_path):
 
 
 def test_as_root_installs_exactly_the_missing_packages(tmp_path):
-    proc, calls = _run(
-        tmp_path, "test", {"bubblewrap", "util-linux"}, uid=0, sudo_ok=False, apt="exit 0"
-    )
+    proc, calls = _run(tmp_path, "test", SANDBOX, uid=0, sudo_ok=False, apt="exit 0")
     assert proc.returncode == 0, proc.stderr
     assert calls == ["apt-get update -qq", "apt-get install -y -qq chromium postgresql"]
     assert "installing chromium postgresql with apt-get" in proc.stderr
@@ -112,7 +112,7 @@ def test_without_root_or_sudo_fails_with_the_command_to_run(tmp_path):
     start = time.monotonic()
     proc, calls = _run(tmp_path, "test", {"bubblewrap"}, uid=1000, sudo_ok=False, apt="exit 0")
     assert proc.returncode == 1
-    assert "run: sudo apt-get install -y util-linux chromium postgresql" in proc.stderr
+    assert "run: sudo apt-get install -y util-linux libseccomp2 chromium postgresql" in proc.stderr
     assert not any(c.startswith("apt-get") for c in calls)
     assert time.monotonic() - start < 10
 
@@ -130,13 +130,11 @@ def test_a_failing_apt_get_is_reported_with_the_command(tmp_path):
 
 
 def test_the_book_needs_only_the_sandbox(tmp_path):
-    proc, calls = _run(
-        tmp_path, "book", {"bubblewrap", "util-linux"}, uid=1000, sudo_ok=False, apt="exit 0"
-    )
+    proc, calls = _run(tmp_path, "book", SANDBOX, uid=1000, sudo_ok=False, apt="exit 0")
     assert proc.returncode == 0, proc.stderr
     assert calls == []
     proc, _ = _run(tmp_path / "again", "book", set(), uid=1000, sudo_ok=False, apt="exit 0")
-    assert "run: sudo apt-get install -y bubblewrap util-linux" in proc.stderr
+    assert "run: sudo apt-get install -y bubblewrap util-linux libseccomp2" in proc.stderr
 
 
 def test_an_unknown_target_is_refused(tmp_path):

@@ -10,7 +10,9 @@ counts). No network (its
 own network namespace; the kernel talks to the grader over ZeroMQ's IPC transport, Unix sockets
 in a bound folder), its own PID, IPC and UTS namespaces, a new session, killed with the grader's
 process. ``prlimit`` bounds memory, processes, file size, open files and CPU time; where the
-grader runs as root the kernel runs as an unprivileged user (:attr:`Sandbox.uid`).
+grader runs as root the kernel runs as an unprivileged user (:attr:`Sandbox.uid`). A seccomp
+filter (:mod:`bncourse.trusted.seccomp`) keeps the kernel and its children from the kernel
+keyrings, which no namespace separates, and ``/proc/keys`` is hidden.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from traitlets import Bool, Integer, Unicode
 from traitlets.config import Configurable
 
 import bncourse
+from bncourse.trusted import seccomp
 from bncourse.trusted.cgroups import KernelCgroup
 
 __all__ = [
@@ -169,8 +172,13 @@ def bwrap_command(
     *,
     writable: list[Path],
     readable: list[Path] = (),
+    seccomp_fd: int,
 ) -> list[str]:
-    """``argv`` wrapped in bubblewrap, prlimit and (as root) setpriv; see the module docstring."""
+    """``argv`` wrapped in bubblewrap, prlimit and (as root) setpriv; see the module docstring.
+
+    ``seccomp_fd`` is a descriptor of :func:`bncourse.trusted.seccomp.filter_fd` that the process
+    running the command inherits (``pass_fds``).
+    """
     args = [sandbox.bwrap, "--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         target = Path("/") / name
@@ -179,6 +187,11 @@ def bwrap_command(
         elif target.is_dir():
             args += ["--ro-bind", str(target), str(target)]
     args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    # Keys and key counts of every user (the keyrings are not namespaced), hidden as Docker hides
+    # them: the mount is nodev, so opening them fails.
+    for name in ("keys", "key-users"):
+        if Path("/proc", name).exists():
+            args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     args += ["--perms", "1777", "--size", str(sandbox.tmp_size), "--tmpfs", "/tmp"]
     args += ["--perms", "1777", "--dir", WORKDIR]
     gpus = sorted(glob.glob("/dev/nvidia*"))
@@ -222,6 +235,8 @@ def bwrap_command(
         "--new-session",
         "--hostname",
         "sandbox",
+        "--seccomp",
+        str(seccomp_fd),
         "--",
         *sandbox.prlimit_args(),
     ]
@@ -255,12 +270,27 @@ def unavailable_reason(executable: str = "bwrap") -> str | None:
     for tool in ("prlimit", "setpriv"):
         if shutil.which(tool) is None:
             return f"{tool} (util-linux) is not installed"
+    if reason := seccomp.unavailable_reason():
+        return reason
     probe = Sandbox()
-    command = bwrap_command([sys.executable, "-c", "pass"], probe, writable=[])
+    # Exits 0 only where keyctl fails with EPERM: the filter is in force.
+    check = (
+        "import ctypes, errno, sys; libc = ctypes.CDLL(None, use_errno=True); "
+        f"r = libc.syscall({seccomp.syscall_number('keyctl')}, 0, ctypes.c_long(-3), 0); "
+        "sys.exit(0 if r == -1 and ctypes.get_errno() == errno.EPERM else 3)"
+    )
+    fd = seccomp.filter_fd()
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        command = bwrap_command([sys.executable, "-c", check], probe, writable=[], seccomp_fd=fd)
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=60, check=False, pass_fds=(fd,)
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"bubblewrap could not start a sandbox: {error}"
+    finally:
+        os.close(fd)
+    if proc.returncode == 3:
+        return "the sandbox's seccomp filter did not block keyctl (kernel keyrings)"
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no message"]
         return (
@@ -310,6 +340,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.sockets = Path(sockets)
         self.extra_writable, self.extra_readable = list(writable), list(readable)
         self._cgroup: KernelCgroup | None = None
+        self._seccomp_fd: int | None = None
         self.transport = "ipc"
         self.ip = str(self.sockets / "kernel")
         self.connection_file = str(self.sockets / "kernel.json")
@@ -326,11 +357,14 @@ class SandboxedKernelManager(AsyncKernelManager):
         settings = self.sandbox_settings
         if settings.cgroup and self._cgroup is None:
             self._cgroup = KernelCgroup.create(settings.memory_limit, settings.processes)
+        self._close_seccomp_fd()
+        self._seccomp_fd = seccomp.filter_fd()  # read by bwrap; closed here once it is launched
         wrapped = bwrap_command(
             cmd,
             self.sandbox_settings,
             writable=[self.sockets, *self.extra_writable],
             readable=self.extra_readable,
+            seccomp_fd=self._seccomp_fd,
         )
         return self._cgroup.wrap(wrapped) if self._cgroup else wrapped
 
@@ -339,8 +373,14 @@ class SandboxedKernelManager(AsyncKernelManager):
         """Whether this kernel's sandbox is bounded as a whole, not only per process."""
         return self._cgroup is not None
 
+    def _close_seccomp_fd(self) -> None:
+        if self._seccomp_fd is not None:
+            os.close(self._seccomp_fd)
+            self._seccomp_fd = None
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
+        self._close_seccomp_fd()
         if self._cgroup is not None:
             self._cgroup.remove()
             self._cgroup = None
@@ -355,7 +395,11 @@ class SandboxedKernelManager(AsyncKernelManager):
         # What the kernel writes to its own stdout and stderr is the submission's: never the
         # grader's terminal or log, where it could pass for the grader's own lines.
         kw["stdout"] = kw["stderr"] = subprocess.DEVNULL
-        return await super()._async_launch_kernel(kernel_cmd, **kw)
+        kw["pass_fds"] = (self._seccomp_fd,)
+        try:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        finally:
+            self._close_seccomp_fd()
 
 
 def kernel_environment() -> dict[str, str]:
