@@ -22,6 +22,7 @@ from bncourse.trusted.wire import (
     Encoder,
     Handle,
     WireError,
+    add_global_stand_ins,
     apply_module_state,
     read_message,
     write_message,
@@ -311,6 +312,11 @@ def test_hooks_the_notebook_leaves_registered_reach_the_graders_count(tmp_path):
         kernel.close()
     assert not nn.modules.module._global_forward_pre_hooks
     assert not nn.modules.module._global_backward_hooks
+    claimed = add_global_stand_ins([9_999, 0, 0, 0])  # enough for the count to differ
+    assert len(claimed) == 1 and len(nn.modules.module._global_forward_pre_hooks) == 1
+    claimed[0].remove()
+    with pytest.raises(WireError, match="global hook"):
+        add_global_stand_ins([1, 2, 3])
 
 
 def test_a_train_method_of_the_notebook_gives_its_modes_whatever_it_returns(tmp_path):
