@@ -169,6 +169,29 @@ MUTANTS = {
             (RESTORE, "    model.train(was_training)\n"),
         ),
         "hooks-left": mutant(P, {PROBE_SIDE}, "hooks-not-removed", (REMOVE, "    pass\n")),
+        # Hooks the kernel's side must report: a global one, and backward hooks left on BN.
+        "global-hook-left": mutant(
+            P,
+            {PROBE_SIDE},
+            "hooks-not-removed",
+            (
+                HOOK,
+                "handles = []\n"
+                "nn.modules.module.register_module_forward_pre_hook(\n"
+                "    lambda m, args: remember(m, args) if any(m is bn for bn in bns) else None\n"
+                ")",
+            ),
+        ),
+        "backward-hooks-left": mutant(
+            P,
+            {PROBE_SIDE},
+            "hooks-not-removed",
+            (
+                REMOVE,
+                REMOVE
+                + "    for bn in bns:\n        bn.register_full_backward_hook(lambda *a: None)\n",
+            ),
+        ),
     },
     R: {
         # The look-alike from torch: resets, cumulates, but switches dropout back on (the plain

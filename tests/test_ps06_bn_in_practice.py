@@ -172,6 +172,23 @@ MUTANTS = {
             "all-parameters-frozen",
             ("for p in m.parameters():", "for p in model.parameters():"),
         ),
+        # A train of its own that switches BN back to training (and returns None): the grader
+        # takes the modes of the kernel's network, not of what the method returns.
+        "train-returns-none": Rewrite(
+            FR,
+            "for m in model.modules():\n"
+            "    if isinstance(m, nn.modules.batchnorm._BatchNorm):\n"
+            "        m.eval()\n"
+            "        for p in m.parameters():\n"
+            "            p.requires_grad_(False)\n"
+            "\n"
+            "def train(mode=True):\n"
+            "    nn.Module.train(model, mode)  # BN back to training: the freeze does not last\n"
+            "\n"
+            "model.train = train",
+            frozenset({FREEZE}),
+            "bn-eval-undone-by-train",
+        ),
         "whole-network-in-eval": Rewrite(
             FR,
             "for m in model.modules():\n"
@@ -287,6 +304,23 @@ DELEGATIONS = {
 }
 
 ALTERNATIVES = {
+    # The network's train() keeps BN in evaluation mode and, as a hand-written one may, returns
+    # nothing.
+    "train-returns-nothing": {
+        FR: """
+            bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for bn in bns:
+                bn.eval()
+                bn.requires_grad_(False)
+
+            def train(mode=True):
+                nn.Module.train(model, mode)
+                for bn in bns:
+                    bn.eval()
+
+            model.train = train
+            """,
+    },
     "rsqrt+model-train-overridden+sums": {
         FO: """
             inv_std = torch.rsqrt(running_var + eps)

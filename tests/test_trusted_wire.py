@@ -22,6 +22,7 @@ from bncourse.trusted.wire import (
     Encoder,
     Handle,
     WireError,
+    add_global_stand_ins,
     apply_module_state,
     read_message,
     write_message,
@@ -250,3 +251,100 @@ def test_the_sandbox_sees_no_course_folder():
         assert flag in command
     assert command[command.index("--") + 1] == "prlimit"
     assert command[command.index("--seccomp") + 1] == "3"  # the keyrings filter
+
+
+def _in_process_kernel(tmp_path: Path):
+    """A :class:`Kernel` whose requests the kernel's side answers in this process."""
+    from bncourse.trusted import kernel_side
+    from bncourse.trusted.proxies import Kernel
+
+    requests, responses = tmp_path / "req", tmp_path / "resp"
+    requests.mkdir(), responses.mkdir()
+    kernel = Kernel(lambda code: eval(code), requests, responses)  # noqa: S307 (our own line)
+    return kernel, kernel_side._register
+
+
+def test_hooks_the_notebook_leaves_registered_reach_the_graders_count(tmp_path):
+    """Backward hooks left on the kernel's modules, and global module hooks the call registered
+    and left, are counted on the grader's copy as the notebook left them (stand-ins that never
+    run); hooks removed again leave nothing behind."""
+    from bncourse.grading.networks import Snapshot
+
+    kernel, register = _in_process_kernel(tmp_path)
+    left: list = []
+    torch_hooks = nn.modules.module
+    kind = torch_hooks._global_is_full_backward_hook  # the kernel's, in its own process
+
+    def leaves_hooks(model):
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.register_full_backward_hook(lambda *a: None)
+        left.append(nn.modules.module.register_module_forward_pre_hook(lambda *a: None))
+        left.append(nn.modules.module.register_module_full_backward_hook(lambda *a: None))
+
+    def removes_hooks(model):
+        handles = [m.register_full_backward_hook(lambda *a: None) for m in model.modules()]
+        handles.append(nn.modules.module.register_module_forward_pre_hook(lambda *a: None))
+        for h in handles:
+            h.remove()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(inplace=True))
+    x = torch.randn(6, 4, requires_grad=True)
+    try:
+        before = Snapshot.of(model)
+        kernel.call(register(removes_hooks), (model,), {})
+        assert before.hooks_removed(model)
+        kernel.call(register(leaves_hooks), (model,), {})
+        for h in left:  # the kernel's own hooks: only the grader's stand-ins stay
+            h.remove()
+        torch_hooks._global_is_full_backward_hook = kind
+        assert not before.hooks_removed(model)
+        assert len(model[1]._backward_hooks) == 1 and not model[0]._backward_hooks
+        assert len(nn.modules.module._global_forward_pre_hooks) == 1
+        model(x).sum().backward()  # the stand-ins change nothing (an in-place ReLU follows BN)
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        kernel.call(register(removes_hooks), (model,), {})
+        assert len(model[1]._backward_hooks) == 0  # the kernel's copy holds none of them now
+    finally:
+        for h in left:
+            h.remove()
+        torch_hooks._global_is_full_backward_hook = kind
+        kernel.close()
+    assert not nn.modules.module._global_forward_pre_hooks
+    assert not nn.modules.module._global_backward_hooks
+    claimed = add_global_stand_ins([9_999, 0, 0, 0])  # enough for the count to differ
+    assert len(claimed) == 1 and len(nn.modules.module._global_forward_pre_hooks) == 1
+    claimed[0].remove()
+    with pytest.raises(WireError, match="global hook"):
+        add_global_stand_ins([1, 2, 3])
+
+
+def test_a_train_method_of_the_notebook_gives_its_modes_whatever_it_returns(tmp_path):
+    """A replaced ``train`` that returns None still sets the grader's modules as it set the
+    kernel's: a freeze that does not last is seen not to last, one that lasts is kept."""
+    kernel, register = _in_process_kernel(tmp_path)
+
+    def freeze(model, lasting):
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+        for bn in bns:
+            bn.eval()
+            bn.requires_grad_(False)
+
+        def train(mode=True):
+            nn.Module.train(model, mode)
+            for bn in bns if lasting else []:
+                bn.eval()
+
+        model.train = train
+
+    for lasting in (False, True):
+        model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.3)).eval()
+        kernel.call(register(freeze), (model, lasting), {})
+        assert not model[1].training and not model[1].weight.requires_grad
+        model.train()
+        assert model.training and model[2].training
+        assert model[1].training is not lasting
+        assert not model[1].weight.requires_grad and model[0].weight.requires_grad
+        model.eval()
+        assert not any(m.training for m in model.modules())

@@ -273,10 +273,20 @@ class ModeRecorder:
 def _hook_counts(model: nn.Module) -> list[int]:
     counts = []
     for m in model.modules():
-        for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks"):
+        for attr in (
+            "_forward_pre_hooks",
+            "_forward_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        ):
             counts.append(len(getattr(m, attr, {})))
     module = nn.modules.module
-    for attr in ("_global_forward_pre_hooks", "_global_forward_hooks"):
+    for attr in (
+        "_global_forward_pre_hooks",
+        "_global_forward_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    ):
         counts.append(len(getattr(module, attr, {})))
     return counts
 

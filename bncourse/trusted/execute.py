@@ -205,6 +205,7 @@ class TrustedExecute(Execute):
                     return super().preprocess(nb, resources, km)
             finally:
                 torch.set_rng_state(rng)
+                self._kernel.close()
                 self._write_report()
         finally:
             self._slot.remove()

@@ -31,13 +31,23 @@ from torch import nn
 from bncourse.grading.backward import forbid_autograd
 from bncourse.grading.guard import ReferenceCallError, forbid_reference
 from bncourse.trusted.frames import is_library_file, student_traceback
-from bncourse.trusted.wire import Decoder, Encoder, Handle, read_message, walk, write_message
+from bncourse.trusted.wire import (
+    Decoder,
+    Encoder,
+    Handle,
+    global_hook_keys,
+    global_hooks_added,
+    read_message,
+    walk,
+    write_message,
+)
 
 __all__ = ["serve"]
 
 _objects: dict[int, Any] = {}
 _handles: dict[int, int] = {}  # id(object) -> handle
 _graphs: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+_train_owners: dict[int, nn.Module] = {}  # handle of a replaced train method -> its module
 
 
 def _register(value: Any) -> Handle:
@@ -57,7 +67,9 @@ def _own_train(module: nn.Module) -> Handle | None:
     """A handle of ``module.train`` where the notebook replaced it (on the instance or in a class
     of its own), so that the grader's copy switches modes as the notebook's does."""
     if "train" in vars(module) or type(module).train is not nn.Module.train:
-        return _register(module.train)
+        handle = _register(module.train)
+        _train_owners[handle.id] = module
+        return handle
     return None
 
 
@@ -193,6 +205,7 @@ def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[An
     references = _paths(arguments)
     stack, guards = _guards(request.get("guards", []))
     error = None
+    global_hooks = global_hook_keys()
     try:
         with stack, torch.set_grad_enabled(bool(request.get("grad_enabled", True))):
             result = target(*args, **kwargs)
@@ -202,8 +215,13 @@ def _call(request: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[An
         for h in hooks:
             h.remove()
     encoder = Encoder(opaque=_register, module_handle=_module_handle, own_train=_own_train)
+    owner = _train_owners.get(request["target"]["id"])
     response: dict[str, Any] = {
         "violations": [list(g.violations) for g in guards],
+        # global module hooks the call left registered: the grader counts them as it would here
+        "global_hooks": global_hooks_added(global_hooks),
+        # the module whose replaced train method this is, as the method left it
+        "owner": encoder.encode_module(owner) if owner is not None else None,
         "rng": _rng(encoder),
         "arguments": encoder.encode(arguments),
         "self": encoder.encode_module(target) if isinstance(target, nn.Module) else None,

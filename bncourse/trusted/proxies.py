@@ -28,8 +28,10 @@ from bncourse.trusted.wire import (
     Encoder,
     Handle,
     WireError,
+    add_global_stand_ins,
     apply_module_state,
     is_dummy_hook,
+    node_flags,
     read_message,
     walk,
     write_message,
@@ -120,7 +122,12 @@ class TrainInKernel:
         self._method = method
 
     def __call__(self, mode: bool = True) -> nn.Module:
-        result = self._method(bool(mode))
+        method = self._method
+        if isinstance(method, RemoteObject):
+            # the flags come from the kernel's module itself, whatever the method returns
+            method._kernel.call(method._handle, (bool(mode),), {}, owner=self._module)
+            return self._module
+        result = method(bool(mode))
         if isinstance(result, nn.Module):
             _copy_flags(self._module, result)
         return self._module
@@ -133,14 +140,18 @@ class TrainInKernel:
 def _copy_flags(module: nn.Module, source: nn.Module) -> None:
     """``module`` and its submodules take the train/eval flags and parameters' ``requires_grad``
     of the modules of ``source`` with the same names."""
-    found = dict(source.named_modules())
+    modes = {name: m.training for name, m in source.named_modules()}
+    grads = {name: p.requires_grad for name, p in source.named_parameters()}
+    _set_flags(module, modes, grads)
+
+
+def _set_flags(module: nn.Module, modes: dict[str, bool], grads: dict[str, bool]) -> None:
     for name, m in module.named_modules():
-        if name in found:
-            m.training = bool(found[name].training)
-    params = dict(source.named_parameters())
+        if name in modes:
+            m.training = bool(modes[name])
     for name, p in module.named_parameters():
-        if name in params:
-            p.requires_grad_(bool(params[name].requires_grad))
+        if name in grads:
+            p.requires_grad_(bool(grads[name]))
 
 
 class _RemoteGraph(torch.autograd.Function):
@@ -229,6 +240,13 @@ class Kernel:
         self._execute = execute
         self.requests, self.responses = Path(requests), Path(responses)
         self._count = 0
+        self._global_stand_ins: list[Any] = []
+
+    def close(self) -> None:
+        """Remove the stand-ins of the global hooks that the notebook left registered."""
+        for handle in self._global_stand_ins:
+            handle.remove()
+        self._global_stand_ins.clear()
 
     def _request(self, tree: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[Any, Any]:
         self._count += 1
@@ -285,9 +303,17 @@ class Kernel:
         return found
 
     def call(
-        self, target: Handle, args: tuple, kwargs: dict, module: nn.Module | None = None
+        self,
+        target: Handle,
+        args: tuple,
+        kwargs: dict,
+        module: nn.Module | None = None,
+        *,
+        owner: nn.Module | None = None,
     ) -> Any:
-        """Call the kernel's object ``target`` (``module``: the stand-in whose forward this is)."""
+        """Call the kernel's object ``target`` (``module``: the stand-in whose forward this is;
+        ``owner``: the module whose replaced ``train`` method ``target`` is, which takes the
+        train/eval and ``requires_grad`` flags of the kernel's module after the call)."""
         encoder = self._encoder()
         arguments = [list(args), dict(kwargs)]
         hooked = _modules_with_hooks(arguments)
@@ -317,6 +343,10 @@ class Kernel:
         _sync(arguments, response.get("arguments"), decoder)
         if module is not None and isinstance(response.get("self"), dict):
             apply_module_state(module, response["self"], decoder)
+        if owner is not None and isinstance(response.get("owner"), dict):
+            _set_flags(owner, *node_flags(response["owner"]))
+        if response.get("global_hooks") is not None:
+            self._global_stand_ins += add_global_stand_ins(response["global_hooks"])
         self._replay(response.get("records"), hooked, decoder)
         if "error" in response:
             raise _rebuild(response["error"], guards)

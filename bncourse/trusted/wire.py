@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from bncourse import nn as bnn
 
@@ -192,12 +193,63 @@ _stand_in_hook._bncourse_stand_in = True  # type: ignore[attr-defined]
 
 
 def hook_counts(module: nn.Module) -> list[int]:
-    """Forward pre-hooks, forward hooks and backward hooks registered on ``module`` itself."""
-    return [
-        len(module._forward_pre_hooks),
-        len(module._forward_hooks),
-        len(module._backward_hooks) + len(getattr(module, "_backward_pre_hooks", {})),
+    """Forward pre-hooks, forward hooks and backward (pre-)hooks that ``module`` itself holds,
+    leaving out the stand-ins of the other side's hooks."""
+    backward = [
+        *module._backward_hooks.values(),
+        *getattr(module, "_backward_pre_hooks", {}).values(),
     ]
+    return [
+        sum(not is_dummy_hook(h) for h in module._forward_pre_hooks.values()),
+        sum(not is_dummy_hook(h) for h in module._forward_hooks.values()),
+        sum(not is_dummy_hook(h) for h in backward),
+    ]
+
+
+_GLOBAL_HOOKS = (
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def global_hook_keys() -> list[set[int]]:
+    """The keys of the global module hooks (forward pre, forward, backward, backward pre)."""
+    module = nn.modules.module
+    return [set(getattr(module, name, {})) for name in _GLOBAL_HOOKS]
+
+
+def global_hooks_added(before: list[set[int]]) -> list[int]:
+    """How many global module hooks of each kind were registered since ``before`` and remain."""
+    return [len(now - old) for now, old in zip(global_hook_keys(), before, strict=True)]
+
+
+def add_global_stand_ins(counts: Any) -> list[RemovableHandle]:
+    """Register stand-ins for global module hooks that the other side's code left registered.
+
+    Forward stand-ins do nothing when called; backward ones go in the table of (regular or
+    full) backward hooks without choosing a kind, so torch never calls them and the forward
+    pass is not wrapped. They are counted wherever the global hooks are counted. One stand-in
+    of a kind is enough for a count taken around the call to differ, so a kernel claiming
+    thousands cannot slow every later forward pass of the grader.
+    """
+    _expect(isinstance(counts, list) and len(counts) == 4, "bad global hook counts")
+    _expect(all(isinstance(c, int) and 0 <= c < 10_000 for c in counts), "bad global hook count")
+    module = nn.modules.module
+    tables = [
+        module._global_forward_pre_hooks,
+        module._global_forward_hooks,
+        module._global_backward_hooks,
+        module._global_backward_hooks,
+    ]
+    handles = []
+    for table, count in zip(tables, counts, strict=True):
+        for _ in range(min(count, 1)):
+            handle = RemovableHandle(table)
+            table[handle.id] = _stand_in_hook
+            handles.append(handle)
+    return handles
 
 
 @dataclass
@@ -279,11 +331,7 @@ class Encoder:
     def encode_module(self, module: nn.Module, depth: int = 0) -> dict[str, Any]:
         name = _CLASS_NAMES.get(type(module))
         init = MODULE_CLASSES[name][1](module) if name else {}
-        hooks = [
-            sum(not is_dummy_hook(h) for h in module._forward_pre_hooks.values()),
-            sum(not is_dummy_hook(h) for h in module._forward_hooks.values()),
-            hook_counts(module)[2],
-        ]
+        hooks = hook_counts(module)
         node = {
             "$t": "module",
             "cls": name,
@@ -545,6 +593,15 @@ def apply_module_state(
                 module.register_forward_pre_hook(_stand_in_hook)
             else:
                 module.register_forward_hook(_stand_in_hook)
+    _expect(isinstance(hooks[2], int) and 0 <= hooks[2] < 10_000, "bad hook count")
+    for table in (module._backward_hooks, getattr(module, "_backward_pre_hooks", {})):
+        for key in [k for k, h in table.items() if is_dummy_hook(h)]:
+            del table[key]
+    for _ in range(hooks[2]):
+        # put in the table without choosing a kind of backward hook: torch never calls it, and
+        # the module's forward pass is not wrapped as a full backward hook would wrap it
+        handle = RemovableHandle(module._backward_hooks)
+        module._backward_hooks[handle.id] = _stand_in_hook
 
 
 def _apply_settings(module: nn.Module, node: dict[str, Any], decoder: Decoder, depth: int) -> None:
@@ -593,6 +650,27 @@ _STRUCTURAL = frozenset(
         "num_layers",
     }
 )
+
+
+def node_flags(node: Any, prefix: str = "", depth: int = 0) -> tuple[dict, dict]:
+    """The train/eval flags of a module node and its children, and its parameters'
+    ``requires_grad`` flags, by their names in the module (as ``named_modules`` gives them)."""
+    _expect(depth <= MAX_DEPTH, "too deeply nested")
+    _expect(isinstance(node, dict) and node.get("$t") == "module", "not a module")
+    modes = {prefix: bool(node.get("training", True))}
+    grads: dict[str, bool] = {}
+    dot = f"{prefix}." if prefix else ""
+    for item in node.get("params") or []:
+        _expect(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str), "a slot")
+        if isinstance(item[1], dict):
+            grads[dot + item[0]] = bool(item[1].get("grad"))
+    for item in node.get("children") or []:
+        _expect(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str), "a child")
+        if item[1] is not None:
+            child_modes, child_grads = node_flags(item[1], dot + item[0], depth + 1)
+            modes.update(child_modes)
+            grads.update(child_grads)
+    return modes, grads
 
 
 def _same_object(module: nn.Module | None, node: dict[str, Any]) -> bool:
