@@ -73,8 +73,6 @@ def strip_hidden_tests(source: str) -> str:
     return "\n".join(lines)
 
 
-KERNEL_SIDE = spare.KERNEL_SIDE
-
 HISTORY_ARGUMENT = "--HistoryManager.hist_file"
 """nbclient adds this kernel argument when it starts a kernel itself (not a spare)."""
 
@@ -237,6 +235,8 @@ class TrustedExecute(Execute):
 
     def _start_spare(self, nb: NotebookNode) -> None:
         """Start the next notebook's kernel now, while this one runs (see ``prestart``)."""
+        # Fresh settings, not self._settings: this kernel's slot has set its uid there, and the
+        # spare's slot must pick the process's other sandbox user.
         settings = Sandbox(parent=self)
         if self.prestart and self._sandboxed and not settings.uid:  # a fixed uid: no second user
             spare.start_spare(
@@ -274,7 +274,9 @@ class TrustedExecute(Execute):
         remaining = self._time_left()
         try:
             reply = self._run_sync(
-                self._request_reply, f"import {KERNEL_SIDE}", min(self.timeout or 60, remaining)
+                self._request_reply,
+                f"import {spare.KERNEL_SIDE}",
+                min(self.timeout or 60, remaining),
             )
         except KernelError:
             return
