@@ -24,6 +24,7 @@ __all__ = [
     "computation_dtype",
     "reduction_dims",
     "per_channel",
+    "as_dtype",
 ]
 
 
@@ -78,8 +79,16 @@ def reduction_dims(input: Tensor) -> list[int]:
 
 
 def per_channel(t: Tensor, ndim: int) -> Tensor:
-    """Reshape a (C,) vector so that it broadcasts along dim 1 of an ndim-dimensional input."""
-    return t.reshape(1, -1, *([1] * (ndim - 2)))
+    """Reshape a (C,) vector so that it broadcasts along dim 1 of an ndim-dimensional input.
+
+    For (N, C) input the vector broadcasts as it is, and is returned unchanged.
+    """
+    return t if ndim == 2 else t.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+def as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, without the call where ``t`` has that dtype already."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def check_channel_vector(name: str, t: Tensor | None, channels: int) -> None:

@@ -27,6 +27,7 @@ from bncourse.nn.backward import (
 from bncourse.nn.checks import (
     InputError,
     UnsupportedDtypeError,
+    as_dtype,
     check_channel_vector,
     check_probability,
     check_tensor,
@@ -57,7 +58,7 @@ def _normalize_with_batch_statistics(
     The forward pass of :class:`_BatchStatisticsNorm`; under torch.func transforms and
     forward-mode AD, ``batch_norm`` calls it directly, as plain differentiable operations.
     """
-    x = input.to(computation_dtype(input))
+    x = as_dtype(input, computation_dtype(input))
     # One large temporary: the centred values, then their squares, then the output.
     scratch = scratch_like(x, weight, bias)
     mean, var = batch_statistics(x, scratch)
@@ -70,7 +71,7 @@ def _normalize_with_batch_statistics(
     else:
         shift = torch.addcmul(per_channel(bias, x.dim()), mean, scale, value=-1)
     out = multiply_add(x, scale, shift, out=scratch)
-    return out.to(input.dtype), mean, var, inv_std
+    return as_dtype(out, input.dtype), mean, var, inv_std
 
 
 class _BatchStatisticsNorm(torch.autograd.Function):
@@ -96,8 +97,8 @@ class _BatchStatisticsNorm(torch.autograd.Function):
         if grad_output is None:
             return None, None, None, None
         input, weight, mean, inv_std = ctx.saved_tensors
-        grad_output = grad_output.to(inv_std.dtype)
-        x = input.to(inv_std.dtype)
+        grad_output = as_dtype(grad_output, inv_std.dtype)
+        x = as_dtype(input, inv_std.dtype)
         if torch.is_grad_enabled():
             # A differentiable backward pass (create_graph=True): the statistics must be
             # recomputed as functions of the input, not taken as the constants saved above.
@@ -107,9 +108,9 @@ class _BatchStatisticsNorm(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = grads
         needs = ctx.needs_input_grad
         return (
-            grad_input.to(input.dtype) if needs[0] else None,
-            grad_weight.to(weight.dtype) if needs[1] else None,
-            grad_bias.to(ctx.bias_dtype) if needs[2] else None,
+            as_dtype(grad_input, input.dtype) if needs[0] else None,
+            as_dtype(grad_weight, weight.dtype) if needs[1] else None,
+            as_dtype(grad_bias, ctx.bias_dtype) if needs[2] else None,
             None,
         )
 
@@ -179,20 +180,21 @@ def batch_norm(
     else:
         out, mean, var = _BatchStatisticsNorm.apply(input, weight, bias, eps)
     if running_mean is not None:
-        _update_running_statistics(running_mean, running_var, mean, var * (n / (n - 1)), momentum)
+        _update_running_statistics(running_mean, running_var, mean, var, n, momentum)
     return out
 
 
 def _normalize_with(input, mean, var, weight, bias, eps, compute) -> Tensor:
     """Evaluation mode: y = gamma (x - mean) / sqrt(var + eps) + beta as x * scale + shift."""
     ndim = input.dim()
-    scale = torch.rsqrt(var.to(compute) + eps)
+    scale = torch.rsqrt(as_dtype(var, compute) + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale if bias is None else bias - mean * scale
-    x = input.to(compute)
+    x = as_dtype(input, compute)
     scale, shift = per_channel(scale, ndim), per_channel(shift, ndim)
-    return multiply_add(x, scale, shift, out=scratch_like(x, scale, shift)).to(input.dtype)
+    out = multiply_add(x, scale, shift, out=scratch_like(x, scale, shift))
+    return as_dtype(out, input.dtype)
 
 
 def _empty_output(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -205,14 +207,17 @@ def _empty_output(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> 
     return out.to(input.dtype)
 
 
-def _update_running_statistics(running_mean, running_var, mean, unbiased_var, momentum) -> None:
-    """``running = (1 - momentum) * running + momentum * batch``, in place."""
-    mean = mean.reshape(running_mean.shape).to(running_mean.dtype)
-    unbiased_var = unbiased_var.reshape(running_var.shape).to(running_var.dtype)
+def _update_running_statistics(running_mean, running_var, mean, var, n, momentum) -> None:
+    """``running = (1 - momentum) * running + momentum * batch``, in place, where the batch's
+    variance is the unbiased one, ``n / (n - 1)`` times the biased ``var`` of the batch."""
+    mean = as_dtype(mean.reshape(running_mean.shape), running_mean.dtype)
+    var = as_dtype(var.reshape(running_var.shape), running_var.dtype)
+    bessel = n / (n - 1)
     if not inside_functorch():
         running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
+        running_var.mul_(1 - momentum).add_(var, alpha=momentum * bessel)
         return
+    unbiased_var = var * bessel
     new_mean = running_mean * (1 - momentum) + mean * momentum
     new_var = running_var * (1 - momentum) + unbiased_var * momentum
     try:  # both computed first, so that a refusal leaves the statistics as they were
