@@ -2,7 +2,9 @@
 
 For each shape and mode it times, with ``torch.utils.benchmark``, the ``torch.nn`` module (ATen's
 kernels), the ``bncourse.nn`` module as it runs eagerly, and the same module under
-``torch.compile``, and prints the times and their ratios to ATen's:
+``torch.compile``, and prints the times and their ratios to ATen's. Beside them, the ``torch.nn``
+module under ``torch.compile`` ("ATen compiled") shows what the compiler makes of PyTorch's own
+layer, the yardstick for the reference module's compiled time:
 
 * ``train``: one training step of batch norm, forward and backward (``y.backward(g)``), batch
   statistics and running-statistics update included;
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen [range]':>20}"
     if not args.no_compile:
         header += f" {'compiled ms':>11} {'compiled/ATen [range]':>21}"
+        header += f" {'ATen compiled ms':>16} {'/ATen':>6}"
     if peak:
         header += f" {'ATen bw':>8} {'eager bw':>8}"
     print(header)
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_compile:
                 torch._dynamo.reset()
                 runs["compiled"] = _step(torch.compile(ours), x, grad, mode)
+                runs["ATen compiled"] = _step(torch.compile(theirs), x, grad, mode)
             times = {name: [] for name in runs}
             for _ in range(args.rounds):
                 for name, run in runs.items():
@@ -208,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                 compiled = statistics.median(times["compiled"])
                 line += (
                     f" {compiled * 1e3:>11.3f} {_ratio_text(times['compiled'], times['ATen']):>21}"
+                )
+                theirs_compiled = times["ATen compiled"]
+                line += (
+                    f" {statistics.median(theirs_compiled) * 1e3:>16.3f}"
+                    f" {ratios(theirs_compiled, times['ATen'])[0]:>5.2f}x"
                 )
             if peak:
                 moved = bytes_moved(shape, mode, dtype)
