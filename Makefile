@@ -54,12 +54,13 @@ book-system-packages:
 	@bash scripts/system-packages.sh book
 
 ## The whole suite: lint, a clean book build, then every test (autograder round trips included),
-## each test file on one of two processes.
+## each test file on one of three processes (many tests wait on kernels and browsers, so three
+## keep two cores busy).
 test: system-packages install
 	ruff check .
 	ruff format --check .
 	$(MAKE) --no-print-directory book-clean
-	python -m pytest -n 2 --dist loadfile
+	python -m pytest -n 3 --dist loadfile
 
 lint: install
 	ruff check .
