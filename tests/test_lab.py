@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +45,24 @@ def test_digits_are_embedded_split_and_standardized():
     again, other = load_dataset("digits"), load_dataset("digits", seed=1)
     assert torch.equal(again.y_test, data.y_test)
     assert not torch.equal(other.y_test, data.y_test)
+
+
+def test_digits_are_scikit_learns_images_and_labels_without_importing_it():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    data = load_dataset("digits", seed=2)
+    images = torch.cat([data.x_train, data.x_test]).flatten(1)
+    labels = torch.cat([data.y_train, data.y_test])
+    # standardized pixels are an affine map of the 0..16 ones (both 0 and 16 occur): undo it
+    raw = (images - images.min()) / (images.max() - images.min()) * 16
+    assert torch.allclose(raw, raw.round(), atol=1e-3)
+    ours = sorted(zip(labels.tolist(), map(tuple, raw.round().int().tolist()), strict=True))
+    bunch = sklearn_digits()
+    rows = map(tuple, bunch.data.astype(int).tolist())
+    assert ours == sorted(zip(bunch.target.tolist(), rows, strict=True))
+    code = "import sys, bncourse.lab.data as d; d.load_digits(); print('sklearn' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert imported.stdout.strip() == "False", imported.stderr
 
 
 def test_synthetic_generator_is_seeded():
