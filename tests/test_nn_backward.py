@@ -223,3 +223,15 @@ def test_dropout_gradient_through_torch_matches_with_the_same_mask():
 def test_bad_input_is_refused_with_a_clear_message(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_batch_sum_under_compile_sums_blocks_of_rows_to_the_same_values():
+    from bncourse.nn.backward import BLOCK_ROWS, batch_sum
+
+    torch._dynamo.reset()
+    x = torch.randn(BLOCK_ROWS * 5, 7, dtype=torch.float64) * 3 + 2
+    compiled = torch.compile(lambda t: batch_sum(t, [0]), fullgraph=True)
+    torch.testing.assert_close(compiled(x), x.sum(0, keepdim=True), rtol=1e-12, atol=1e-12)
+    odd = torch.randn(BLOCK_ROWS + 3, 7, dtype=torch.float64)  # not a multiple: a plain sum
+    torch.testing.assert_close(compiled(odd), odd.sum(0, keepdim=True), rtol=1e-12, atol=1e-12)
+    assert torch.equal(batch_sum(x, [0]), x.sum(0, keepdim=True))  # eagerly, torch's own sum

@@ -288,12 +288,13 @@ def test_channels_last_input():
     torch.testing.assert_close(ours(x), theirs(x), **TIGHT)
 
 
-def test_compiled_module_equals_eager():
+@pytest.mark.parametrize("rows", [6, 48])  # 48: summed in blocks of rows when compiled
+def test_compiled_module_equals_eager(rows):
     """torch.compile traces the autograd function: same forward, gradients and statistics."""
     torch._dynamo.reset()
     eager, compiled_source = bnn.BatchNorm1d(3, momentum=0.3), bnn.BatchNorm1d(3, momentum=0.3)
     compiled = torch.compile(compiled_source)
-    x = torch.randn(6, 3) * 2 + 1
+    x = torch.randn(rows, 3) * 2 + 1
     results = []
     for m in (eager, compiled):
         xi = x.clone().requires_grad_()
@@ -303,6 +304,7 @@ def test_compiled_module_equals_eager():
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
     torch.testing.assert_close(compiled_source.running_var, eager.running_var)
+    torch.testing.assert_close(compiled_source.running_mean, eager.running_mean)
 
 
 # Dropout variants: the same generator state draws the same mask as torch's (CPU).
