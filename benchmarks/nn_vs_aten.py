@@ -4,7 +4,9 @@ For each shape and mode it times, with ``torch.utils.benchmark``, the ``torch.nn
 kernels), the ``bncourse.nn`` module as it runs eagerly, and the same module under
 ``torch.compile``, and prints the times and their ratios to ATen's. Beside them, the ``torch.nn``
 module under ``torch.compile`` ("ATen compiled") shows what the compiler makes of PyTorch's own
-layer, the yardstick for the reference module's compiled time:
+layer, and "floor" the compiled training step of the least a layer can do, a per-channel scale
+``x * w``: what a compiled call costs at that size whatever it computes. Both are the yardsticks
+for the reference module's compiled time:
 
 * ``train``: one training step of batch norm, forward and backward (``y.backward(g)``), batch
   statistics and running-statistics update included;
@@ -59,6 +61,17 @@ def _shape(text: str) -> tuple[int, ...]:
     if not 2 <= len(shape) <= 4 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"a shape has 2 to 4 positive sizes, got {text!r}")
     return shape
+
+
+class PerChannelScale(nn.Module):
+    """``x * w`` with one learned ``w`` per channel: the least work a normalization layer does."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _modules(shape: tuple[int, ...], mode: str, device: torch.device, dtype: torch.dtype):
@@ -183,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen [range]':>20}"
     if not args.no_compile:
         header += f" {'compiled ms':>11} {'compiled/ATen [range]':>21}"
-        header += f" {'ATen compiled ms':>16} {'/ATen':>6}"
+        header += f" {'ATen compiled ms':>16} {'/ATen':>6} {'floor ms':>9} {'/ATen':>6}"
     if peak:
         header += f" {'ATen bw':>8} {'eager bw':>8}"
     print(header)
@@ -198,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 torch._dynamo.reset()
                 runs["compiled"] = _step(torch.compile(ours), x, grad, mode)
                 runs["ATen compiled"] = _step(torch.compile(theirs), x, grad, mode)
+                floor = PerChannelScale(shape[1]).to(device=device, dtype=dtype)
+                runs["floor"] = _step(torch.compile(floor), x, grad, mode)
             times = {name: [] for name in runs}
             for _ in range(args.rounds):
                 for name, run in runs.items():
@@ -213,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                 line += (
                     f" {compiled * 1e3:>11.3f} {_ratio_text(times['compiled'], times['ATen']):>21}"
                 )
-                theirs_compiled = times["ATen compiled"]
-                line += (
-                    f" {statistics.median(theirs_compiled) * 1e3:>16.3f}"
-                    f" {ratios(theirs_compiled, times['ATen'])[0]:>5.2f}x"
-                )
+                for name, width in (("ATen compiled", 16), ("floor", 9)):
+                    line += (
+                        f" {statistics.median(times[name]) * 1e3:>{width}.3f}"
+                        f" {ratios(times[name], times['ATen'])[0]:>5.2f}x"
+                    )
             if peak:
                 moved = bytes_moved(shape, mode, dtype)
                 line += f" {moved / aten / peak:>7.0%} {moved / eager / peak:>8.0%}"

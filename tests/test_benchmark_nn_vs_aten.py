@@ -43,3 +43,17 @@ def test_a_bad_shape_is_refused_by_name():
     )
     assert proc.returncode == 2
     assert "argument --shapes: a shape has 2 to 4 positive sizes, got '16'" in proc.stderr
+
+
+def test_compiled_columns_time_the_module_torch_nn_and_the_floor():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--modes", "eval", "--shapes", "4x3"]
+        + ["--rounds", "1", "--min-run-time", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    header, row = [line for line in proc.stdout.splitlines() if line.startswith(("shape", "("))]
+    assert "compiled/ATen" in header and "ATen compiled ms" in header and "floor ms" in header
+    assert len(re.findall(r"\d+\.\d+x", row)) == 4, row  # eager, compiled, torch compiled, floor
