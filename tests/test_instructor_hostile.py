@@ -20,7 +20,7 @@ from bncourse.instructor.gradebook_io import class_records
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 15  # seconds per cell: the infinite loop must be stopped by it, and an honest cell
-# must finish within it while the rest of the suite loads both cores (make test runs two files)
+# must finish within it while the rest of the suite loads both cores (make test runs three files)
 CORRECT = ec.ANSWERS["correct"]
 OUTPUT_LIMIT = 16 * 2**20  # bytes of output a notebook may send the grader (c.TrustedExecute)
 
