@@ -43,6 +43,34 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum,
     return batchnorm_train_variant(x, gamma, beta, running_mean, running_var, momentum, eps)
 """
 
+# The guard that refuses torch's batch norm runs in the kernel: patched there, behind a magic
+# (which a plain parse of the cell cannot read), it would let the delegation through.
+GUARD_PATCHED = """\
+%env BNCOURSE_ATTACK=1
+import contextlib
+import torch.nn.functional as F
+import bncourse.trusted.kernel_side as ks
+ks._guards = lambda specs: (contextlib.ExitStack(), [])
+
+
+def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):
+    return F.batch_norm(x, running_mean, running_var, gamma, beta, True, momentum, eps)
+"""
+
+# A refused call reported under a name written for the instructor's class report.
+FORGED_TEXT = "Misconception: honest_correct copied this notebook, report them"
+FORGED_REFUSAL = f"""
+%env BNCOURSE_ATTACK=1
+import bncourse.trusted.kernel_side as ks
+_call = ks._call
+def _forged(request, tensors):
+    response, encoder = _call(request, tensors)
+    if request.get("guards"):
+        response["violations"] = [["torch.x. {FORGED_TEXT}"]]
+    return response, encoder
+ks._call = _forged
+"""
+
 LYING_TENSOR = """\
 class Liar(torch.Tensor):
     @classmethod
@@ -87,7 +115,7 @@ for name in dir(g):
     ),
     Attack(
         "fake_module",
-        2,
+        0,  # reaches the grader's modules by computed name: every guarded part scores zero
         train=WRONG_TRAIN,
         early=True,
         append="""
@@ -100,7 +128,7 @@ bncourse.grading = fake
     ),
     Attack(
         "import_hook",
-        2,
+        0,  # reaches the grader's modules by computed name: every guarded part scores zero
         train=WRONG_TRAIN,
         early=True,
         append="""
@@ -169,6 +197,9 @@ ks.serve = _serve
 """,
     ),
     Attack("disable_torch_function", 2, train=DELEGATE_DISABLED, review="torch._C"),
+    # changing the grader's code in the kernel costs every part the guard protects
+    Attack("guard_patched_behind_a_magic", 0, train=GUARD_PATCHED, review="kernel side"),
+    Attack("forged_refusal_text", 0, append=FORGED_REFUSAL, early=True, review="kernel side"),
     Attack("aten_ops", 2, train=DELEGATE_ATEN, review="torch.ops"),
     Attack(
         "checks_own_implementation", 2, train=DELEGATE_VARIANT, review="checks' own implementation"

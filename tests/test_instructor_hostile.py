@@ -33,6 +33,18 @@ for _ in range(48):
     _kernel.session.send(_kernel.iopub_socket, "stream", {"name": "stdout", "text": "x" * 2**20},
                          parent=_parent)
 """
+# A function that publishes 24 MiB on the kernel's message socket each time a check calls it,
+# under no cell's name (read by nothing while the check waits for the function's answer).
+CHECKFLOOD = """
+
+def variance(xs):
+    _kernel = get_ipython().kernel
+    for _ in range(24):
+        _kernel.session.send(_kernel.iopub_socket, "stream", {"name": "stdout", "text": "x" * 2**20},
+                             parent={"header": {"msg_id": "no-cell"}})
+    m = mean(xs)
+    return sum((x - m) ** 2 for x in xs) / len(xs)
+"""
 # Lines written to the kernel process's own stdout and stderr, shaped like the grader's.
 FORGER = """
 
@@ -85,6 +97,7 @@ def _build_class(root: Path) -> None:
     ec.submit(root, "flood", _with({**CORRECT, "mean": flood}, root))
 
     ec.submit(root, "firehose", _with({**CORRECT, "mean": CORRECT["mean"] + FIREHOSE}, root))
+    ec.submit(root, "checkflood", _with({**CORRECT, "variance": CHECKFLOOD}, root))
     forger = CORRECT["variance"] + FORGER
     ec.submit(root, "forger", _with({**CORRECT, "variance": forger}, root))
 
@@ -241,6 +254,14 @@ def test_output_past_the_limit_is_dropped_and_its_kernel_stopped(graded):
     assert any(o.get("ename") == "OutputLimit" for o in outputs)
     kept = sum(len(o.get("text", "")) for o in outputs)
     assert kept <= OUTPUT_LIMIT
+
+
+def test_output_published_while_a_check_waits_counts_and_stops_the_kernel(graded):
+    records = graded["records"]["checkflood"]
+    scores = {g.cell: g.score for g in records.grades}
+    assert scores["test_mean"] > 0 and scores["test_variance"] == 0, scores
+    log = (graded["root"] / ".bncourse/logs" / ec.ASSIGNMENT / "checkflood.log").read_text()
+    assert "of output while it was checked; its kernel was stopped" in log
 
 
 def test_a_kernels_own_stdout_and_stderr_reach_neither_terminal_nor_log(graded):

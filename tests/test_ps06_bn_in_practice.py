@@ -291,8 +291,8 @@ DELEGATIONS = {
         # The checks' own implementation, its source read and run as notebook code.
         "checks-source-copied": Rewrite(
             GN,
-            "import importlib, inspect, textwrap\n\n"
-            "module = importlib.import_module('bncourse.grading.' + 'practice')\n"
+            "import inspect, textwrap\n\n"
+            "from bncourse.grading import practice as module\n"
             "namespace = dict(vars(module))\n"
             "source = textwrap.dedent(inspect.getsource(module.group_norm_variant))\n"
             "exec(compile(source, '<cell>', 'exec'), namespace)\n"

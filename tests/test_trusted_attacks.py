@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from attacks import ATTACKS
+from attacks import ATTACKS, FORGED_TEXT
 from nbgrader_course import REPO, Course, answered, by_grade_id, cell_text, solutions
 
 from bncourse.instructor.course import Course as CourseFolder
@@ -214,6 +214,16 @@ def test_attack_is_blocked_or_scored_as_the_wrong_answer_it_is(graded, attack):
         assert any(
             "reported a pass that the trusted check did not reproduce" in p for p in result.problems
         ), result.problems
+
+
+def test_text_a_notebook_writes_into_its_refusals_reaches_no_verdict(graded):
+    """The checks' messages (which the class report and feedback quote) and the notes for
+    review say what the grader found, never text the notebook chose."""
+    result = graded["results"]["forged_refusal_text"]
+    nb = graded["course"].graded("forged_refusal_text")
+    verdicts = [cell_text(cell) for cell in by_grade_id(nb).values() if cell.cell_type == "code"]
+    assert verdicts and not [v for v in verdicts if FORGED_TEXT in v]
+    assert not [n for n in result.problems + result.review if FORGED_TEXT in n]
 
 
 def test_no_file_outside_the_sandbox_changes(graded):

@@ -15,7 +15,7 @@ from torch import nn
 
 from bncourse import nn as bnn
 from bncourse.trusted.sandbox import Sandbox, bwrap_command
-from bncourse.trusted.scan import scan_cells, scan_source
+from bncourse.trusted.scan import is_tampering, scan_cells, scan_source
 from bncourse.trusted.wire import (
     MAX_JSON_BYTES,
     Decoder,
@@ -348,3 +348,66 @@ def test_a_train_method_of_the_notebook_gives_its_modes_whatever_it_returns(tmp_
         assert not model[1].weight.requires_grad and model[0].weight.requires_grad
         model.eval()
         assert not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "%env X=1\nimport bncourse.trusted.kernel_side as ks\nks._guards = lambda s: None",
+        "import bncourse.trusted.wire as w\nw.hook_counts = lambda m: [9999] * 3",
+        "m = __import__('bncourse.tru' + 'sted.kernel_side')",
+        "import importlib\nks = importlib.import_module('bncourse.' + 'trusted')",
+        "import sys\nks = sys.modules['bncourse.trusted.kernel_side']",
+        "import gc\nks = [o for o in gc.get_objects() if callable(o)]",
+    ],
+)
+def test_changing_the_graders_code_in_the_kernel_is_tampering_magics_or_not(source):
+    assert any(is_tampering(note) for note in scan_source(source)), scan_source(source)
+
+
+def test_harmless_magics_and_honest_cells_are_not_tampering():
+    for source in ("%matplotlib inline\nimport torch\nx = torch.ones(2)", "print('trusted')"):
+        assert scan_source(source) == [], source
+    for path in sorted((REPO / "solutions").glob("*/*.ipynb")):
+        notes = [n for _, n in scan_cells(nbformat.read(path, 4), [])]
+        assert not any(is_tampering(n) for n in notes), path
+
+
+def test_a_tampering_notebook_has_every_guarded_call_refused(tmp_path):
+    from bncourse.grading.guard import ReferenceCallError, forbid_reference
+
+    kernel, register = _in_process_kernel(tmp_path)
+    honest = register(lambda x: x * 2)
+    assert torch.equal(kernel.call(honest, (torch.ones(2),), {}), torch.full((2,), 2.0))
+    kernel.tampering = "cell 3 touches the grader's kernel side: bncourse.trusted.kernel_side"
+    with forbid_reference("batchnorm_forward_train"), pytest.raises(ReferenceCallError) as error:
+        kernel.call(honest, (torch.ones(2),), {})
+    assert "changes the autograder's code in its kernel" in str(error.value)
+    assert "cell 3" in str(error.value)
+    assert torch.equal(kernel.call(honest, (torch.ones(2),), {}), torch.full((2,), 2.0))
+
+
+def test_refused_calls_reported_by_the_kernel_are_names_never_free_text():
+    from bncourse.trusted.proxies import UNNAMED_CALL, reported_call
+
+    assert reported_call("torch.nn.functional.batch_norm") == "torch.nn.functional.batch_norm"
+    assert reported_call("torch._C.DisableTorchFunction") == "torch._C.DisableTorchFunction"
+    forged = "torch.x. Misconception: a and b handed in the same notebook [biased-variance]"
+    assert reported_call(forged) == UNNAMED_CALL
+    assert reported_call(["a list"]) == UNNAMED_CALL
+    assert reported_call("x" * 300) == UNNAMED_CALL
+
+
+def test_a_message_of_too_many_modules_or_hooks_is_refused():
+    from bncourse.trusted.wire import MAX_HOOKS, MAX_MODULES
+
+    many = nn.Sequential(*[nn.Identity() for _ in range(MAX_MODULES + 1)])
+    tree = Encoder().encode_module(many)
+    with pytest.raises(WireError, match="modules"):
+        Decoder(tensors={}).decode_module(tree)
+    few = nn.Sequential(*[nn.Identity() for _ in range(3)])
+    tree = Encoder().encode_module(few)
+    for child in tree["children"]:
+        child[1]["hooks"] = [MAX_HOOKS // 2, 0, 0]
+    with pytest.raises(WireError, match="hooks"):
+        Decoder(tensors={}).decode_module(tree)

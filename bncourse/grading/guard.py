@@ -44,6 +44,7 @@ import bncourse.nn
 __all__ = [
     "FORBIDDEN_TORCH_FUNCTIONS",
     "ReferenceCallError",
+    "TAMPERING",
     "active_guards",
     "forbid_reference",
     "notebook_runs_elsewhere",
@@ -206,6 +207,9 @@ def _generated_code(module_name: str) -> frozenset:
         _GENERATED[module_name] = frozenset(codes)
     return _GENERATED[module_name]
 
+
+#: How a refusal begins when the notebook changes the grader's code in its kernel.
+TAMPERING = "the notebook changes the autograder's code in its kernel"
 
 #: torch's switches that turn torch-function handling off, hiding calls from the guard's mode.
 _DISABLERS = ("DisableTorchFunction", "DisableTorchFunctionSubclass")
@@ -381,6 +385,14 @@ class _Guard(TorchFunctionMode):
 
     def _refuse(self, called: str) -> ReferenceCallError:
         self.violations.append(called)
+        if called.startswith(TAMPERING):
+            return ReferenceCallError(
+                f"{self.what} was not run: {called}. The autograder's check that the function "
+                "computes its result itself, without torch's normalization or dropout, runs in "
+                "the notebook's kernel, and a notebook that changes the autograder's code there "
+                "could hide any call from it; so every part that check protects scores zero. "
+                "Remove that code: answers never need it."
+            )
         if called.startswith("torch._C.Disable"):
             return ReferenceCallError(
                 f"{self.what} called {called}, which turns off torch-function handling: the "

@@ -44,7 +44,7 @@ from bncourse.grading.guard import notebook_runs_elsewhere
 from bncourse.trusted import spare
 from bncourse.trusted.proxies import Kernel, KernelError
 from bncourse.trusted.sandbox import Sandbox, SandboxUnavailable
-from bncourse.trusted.scan import scan_cells
+from bncourse.trusted.scan import is_tampering, scan_cells
 
 __all__ = ["TrustedExecute", "read_report", "strip_hidden_tests"]
 
@@ -178,8 +178,11 @@ class TrustedExecute(Execute):
         self._findings: list[dict[str, Any]] = []
         if not self._sandboxed:
             self._finding("unsandboxed", f"graded without a sandbox: {reason}")
+        tampering = []
         for cell_index, note in scan_cells(nb, set(self._tests)):
             self._finding("flagged", note, cell=cell_index)
+            if is_tampering(note):
+                tampering.append(note)
         self._slot = self._sandboxed and spare.take(self._spare_key(nb))
         if self._slot:  # started while the previous notebook was graded (same settings)
             self._settings = self._slot.settings
@@ -189,6 +192,7 @@ class TrustedExecute(Execute):
         try:
             slot = self._slot
             self._kernel = Kernel(self._in_kernel, slot.requests, slot.responses)
+            self._kernel.tampering = "; ".join(tampering) or None
             self._namespace: dict[str, Any] = {"__name__": "__bncourse_tests__"}
             self._remote: set[str] = set()
             self._dead: str | None = None
@@ -304,15 +308,52 @@ class TrustedExecute(Execute):
                 with contextlib.suppress(Exception):
                     await ensure_async(self.km.interrupt_kernel())
                 raise KernelError(f"the notebook's kernel did not answer within {timeout:.0f} s")
+            await self._drain_iopub()
             try:
-                msg = await ensure_async(self.kc.get_shell_msg(timeout=min(left, 1.0)))
+                msg = await ensure_async(self.kc.get_shell_msg(timeout=min(left, 0.1)))
             except queue.Empty:
                 if not await ensure_async(self.km.is_alive()):
                     self._dead = "the kernel died (os._exit, a crash or out of memory)"
                     raise KernelError(self._dead) from None
                 continue
             if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                await self._drain_iopub(idle_of=msg_id, deadline=deadline)
                 return msg
+
+    async def _drain_iopub(self, idle_of: str | None = None, deadline: float = 0.0) -> None:
+        """Read and drop what the kernel published while a check talks to it on the shell
+        channel (no cell asked for it), counted against the notebook's output bound: unread, it
+        would pile up in the grader's memory. Past the bound the kernel is stopped.
+
+        With ``idle_of``, read until the kernel says it is idle after that request (everything
+        the request published comes before), or until ``deadline``; else what is there now.
+        """
+        while True:
+            wait = min(max(deadline - time.monotonic(), 0.0), 0.1) if idle_of else 0
+            try:
+                msg = await ensure_async(self.kc.get_iopub_msg(timeout=wait))
+            except queue.Empty:
+                if idle_of is None or time.monotonic() >= deadline:
+                    return
+                continue
+            if (
+                idle_of is not None
+                and msg.get("msg_type") == "status"
+                and msg.get("content", {}).get("execution_state") == "idle"
+                and msg.get("parent_header", {}).get("msg_id") == idle_of
+            ):
+                return
+            self._output_bytes += _size(msg.get("content"))
+            if self._output_bytes > self.output_limit:
+                note = (
+                    f"the notebook sent more than {self.output_limit / 2**20:g} MiB of output "
+                    "while it was checked; its kernel was stopped"
+                )
+                self._dead = note
+                self._finding("killed", note)
+                with contextlib.suppress(Exception):
+                    await self._shutdown_now()
+                raise KernelError(note)
 
     def _run_in_kernel(self, source: str) -> NotebookNode:
         remaining = self._time_left()

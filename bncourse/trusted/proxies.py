@@ -15,6 +15,7 @@ it to training or evaluation mode runs the notebook's method there and takes the
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncourse.grading.guard import ReferenceCallError, active_guards
+from bncourse.grading.guard import TAMPERING, ReferenceCallError, active_guards
 from bncourse.trusted.wire import (
     Decoder,
     Encoder,
@@ -241,6 +242,9 @@ class Kernel:
         self.requests, self.responses = Path(requests), Path(responses)
         self._count = 0
         self._global_stand_ins: list[Any] = []
+        self.tampering: str | None = None
+        """Set when the notebook changes the grader's code in its kernel: what and where. The
+        guard that refuses delegation runs there, so every guarded call is refused then."""
 
     def close(self) -> None:
         """Remove the stand-ins of the global hooks that the notebook left registered."""
@@ -320,6 +324,9 @@ class Kernel:
         if module is not None:
             hooked += [(None, name, m) for name, m in module.named_modules() if _hooked(m)]
         guards = active_guards()
+        if guards and self.tampering:
+            _, guard = guards[0]
+            raise guard._refuse(f"{TAMPERING} ({self.tampering})")
         request = {
             "op": "call",
             "target": {"$t": "handle", "id": target.id, "type": target.type_name},
@@ -335,7 +342,8 @@ class Kernel:
         decoder = self._decoder(tensors, arguments)
         for (_, guard), violations in zip(guards, response.get("violations") or [], strict=False):
             for called in violations if isinstance(violations, list) else []:
-                if isinstance(called, str) and called not in guard.violations:
+                called = reported_call(called)
+                if called not in guard.violations:
                     guard.violations.append(called)
         rng = response.get("rng")
         if isinstance(rng, dict):
@@ -396,6 +404,19 @@ class Kernel:
         if "error" in response:
             raise _rebuild(response["error"], [])
         return list(self._decoder(tensors).decode(response.get("grads")))
+
+
+_CALL_NAME = re.compile(r"[A-Za-z_][\w.<>]{0,199}")
+UNNAMED_CALL = "a function the guard refuses (the kernel gave no readable name for it)"
+
+
+def reported_call(called: Any) -> str:
+    """A refused call as the kernel reported it: a dotted name such as
+    ``torch.nn.functional.batch_norm``; anything else (text a notebook wrote into the report to
+    reach the instructor's pages) is still a refused call, under a fixed name."""
+    if isinstance(called, str) and _CALL_NAME.fullmatch(called):
+        return called
+    return UNNAMED_CALL
 
 
 def _rng(encoder: Encoder) -> dict[str, Any]:

@@ -1,12 +1,15 @@
-"""A static scan of a submission for routes around the checks, reported for review, never scored.
+"""A static scan of a submission for routes around the checks, reported for review.
 
 The trusted verdict does not depend on it: whatever a submission does to its own kernel, its
 functions are judged by their outputs on inputs drawn in the grader. The guard that refuses
 delegation (torch's batch norm and dropout, every ``torch.ops`` kernel, :mod:`bncourse.nn`) runs
 inside the student's kernel, though, where code that disables torch-function handling can slip
-past it (and a kernel called that way is an ATen kernel again). Honest solutions never need the constructs below (calls of torch's layers are not
-among them: the network exercises use them, and the guard refuses them where they are not
-allowed), so each one is reported with the cell it is in, for the instructor to read.
+past it (and a kernel called that way is an ATen kernel again). Honest solutions never need the
+constructs below (calls of torch's layers are not among them: the network exercises use them, and
+the guard refuses them where they are not allowed), so each one is reported with the cell it is
+in, for the instructor to read. Cells are read as IPython runs them, magics included. Code that
+changes the grader's own code in the kernel (:func:`is_tampering`) could hide any call from the
+guard, so it is not only reported: every part the guard protects scores zero.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterable
 
 from nbformat import NotebookNode
 
-__all__ = ["scan_cells", "scan_source"]
+__all__ = ["is_tampering", "scan_cells", "scan_source"]
 
 # Dotted prefixes of attribute chains that only a route around the checks needs.
 _ROUTES = {
@@ -44,6 +47,27 @@ _ROUTES = {
     "bncourse.theory": "uses the course's closed-form reference (bncourse.theory)",
     "bncourse.trusted": "touches the grader's kernel side",
 }
+# What only code that changes the grader's own code in the kernel needs, directly or through a
+# module found by computed name: the guard against delegation runs there and trusts that code, so
+# these notes do not only go to review, they make every guarded part score zero.
+TAMPERING_NOTES = (
+    "touches the grader's kernel side",
+    "imports modules by computed name",
+    "edits sys.modules",
+    "searches the interpreter's objects",
+    "uses ctypes",
+    "names the grader's kernel side in a string",
+    "changes bncourse.",
+    "changes grading.",
+)
+
+
+def is_tampering(note: str) -> bool:
+    """Whether a note of :func:`scan_source` (or :func:`scan_cells`) is a change to the grader's
+    code in the kernel."""
+    return any(text in note for text in TAMPERING_NOTES)
+
+
 # Names whose attributes an answer never assigns (patching a module changes every later use).
 _PATCHED = {
     "grading",
@@ -90,8 +114,14 @@ _ROUTE_STRINGS = frozenset({"ops", "_ops", "aten", "_C"})
 _KERNEL_NAME = re.compile(r"torch\.(?:_?ops|_C)\b|aten::|\bnative_\w*|\w*norm_backward\b")
 
 
+_KERNEL_SIDE_NAME = re.compile(r"bncourse\.trusted|kernel_side")
+
+
 def _string_route(value: str) -> str | None:
-    """The note for a string constant that names a route to ATen kernels, else None."""
+    """The note for a string constant that names a route to ATen kernels or to the grader's
+    kernel side, else None."""
+    if _KERNEL_SIDE_NAME.search(value):
+        return f"names the grader's kernel side in a string: {value[:80]!r}"
     if value in _ROUTE_STRINGS or _KERNEL_NAME.search(value):
         return f"names ATen kernels or their route in a string: {value!r}"
     return None
@@ -129,15 +159,50 @@ def _aliases(tree: ast.AST) -> dict[str, str]:
     return aliases
 
 
+# Magics that change nothing a check relies on: as IPython runs them, they are not reported.
+_HARMLESS_MAGICS = frozenset({"matplotlib", "time", "timeit", "load_ext", "autoreload", "env"})
+
+
+def _python(source: str) -> str:
+    """The Python that IPython runs for a cell: magics and ``!`` commands become the calls
+    (``get_ipython().run_line_magic(...)``) that the scan can read, like any other code."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        return TransformerManager().transform_cell(source)
+    except Exception:  # IPython cannot read it either: the kernel's run will say
+        return source
+
+
+def _harmless_magic(node: ast.Call) -> bool:
+    """``get_ipython().run_line_magic("matplotlib", ...)`` and the like."""
+    func = node.func
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "run_line_magic"
+        and isinstance(func.value, ast.Call)
+        and isinstance(func.value.func, ast.Name)
+        and func.value.func.id == "get_ipython"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value in _HARMLESS_MAGICS
+    )
+
+
 def scan_source(source: str) -> list[str]:
     """What ``source`` does that an honest answer never needs, each said once."""
     try:
-        tree = ast.parse(source)
+        tree = ast.parse(_python(source))
     except SyntaxError:
-        return []  # IPython magics or a broken cell: the kernel's run will say
+        return []  # a broken cell: the kernel's run will say
     found: list[str] = []
     routes: set[str] = set()
     aliases = _aliases(tree)
+    magics = {  # the get_ipython of harmless magics, as IPython writes them
+        id(node.func.value.func)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and _harmless_magic(node)
+    }
 
     def note(text: str) -> None:
         if text not in found:
@@ -176,6 +241,8 @@ def scan_source(source: str) -> list[str]:
             text = _string_route(node.value)
             if text:
                 note(text)
+        elif isinstance(node, ast.Name) and id(node) in magics:
+            pass
         elif isinstance(node, ast.Name) and node.id in ("__builtins__", "get_ipython"):
             names.append(node.id)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in aliases:

@@ -57,6 +57,10 @@ MAX_TENSOR_BYTES = 512 * 2**20
 """The largest tensor file of a message that is read."""
 MAX_DEPTH = 64
 """How deeply a message may nest."""
+MAX_MODULES = 4096
+"""The most module nodes a message may hold (a network of the course has a few dozen)."""
+MAX_HOOKS = 4096
+"""The most hooks a message may report left on its modules, all modules together."""
 
 
 class WireError(ValueError):
@@ -410,6 +414,10 @@ class Decoder:
     arguments: Any = None
     device: Callable[[str], torch.device] = torch.device
     own_train: Callable[[nn.Module, Any], Callable[..., Any]] | None = None
+    modules: int = 0
+    """Module nodes decoded so far (at most :data:`MAX_MODULES`)."""
+    hooks: int = 0
+    """Stand-in hooks registered so far (at most :data:`MAX_HOOKS`)."""
 
     def _tensor(self, key: Any) -> torch.Tensor:
         _expect(isinstance(key, str) and key in self.tensors, "a tensor is missing")
@@ -513,6 +521,8 @@ def apply_module_state(
     tensors are all replaced.
     """
     _expect(depth <= MAX_DEPTH, "too deeply nested")
+    decoder.modules += 1
+    _expect(decoder.modules <= MAX_MODULES, f"more than {MAX_MODULES} modules")
     module.training = bool(node.get("training", True))
     if not fresh:
         _apply_settings(module, node, decoder, depth)
@@ -582,6 +592,9 @@ def apply_module_state(
     module._non_persistent_buffers_set = {k for k in module._buffers if k not in persistent}
     hooks = node.get("hooks") or [0, 0, 0]
     _expect(isinstance(hooks, list) and len(hooks) == 3, "bad hook counts")
+    _expect(all(isinstance(h, int) and 0 <= h < 10_000 for h in hooks), "bad hook count")
+    decoder.hooks += sum(hooks)
+    _expect(decoder.hooks <= MAX_HOOKS, f"more than {MAX_HOOKS} hooks left on modules")
     for table, wanted in ((module._forward_pre_hooks, hooks[0]), (module._forward_hooks, hooks[1])):
         _expect(isinstance(wanted, int) and 0 <= wanted < 10_000, "bad hook count")
         # The stand-ins on this side are exactly the other side's own hooks; this side's own
