@@ -302,13 +302,14 @@ class TrustedExecute(Execute):
     async def _request_reply(self, code: str, timeout: float) -> dict:
         msg_id = self.kc.execute(code, silent=True, store_history=False, stop_on_error=False)
         deadline = time.monotonic() + timeout
+        idle = False  # whether the kernel said it is idle after this request
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 with contextlib.suppress(Exception):
                     await ensure_async(self.km.interrupt_kernel())
                 raise KernelError(f"the notebook's kernel did not answer within {timeout:.0f} s")
-            await self._drain_iopub()
+            idle = await self._drain_iopub(msg_id) or idle
             try:
                 msg = await ensure_async(self.kc.get_shell_msg(timeout=min(left, 0.1)))
             except queue.Empty:
@@ -317,32 +318,33 @@ class TrustedExecute(Execute):
                     raise KernelError(self._dead) from None
                 continue
             if msg.get("parent_header", {}).get("msg_id") == msg_id:
-                await self._drain_iopub(idle_of=msg_id, deadline=deadline)
+                if not idle:
+                    await self._drain_iopub(msg_id, until=deadline)
                 return msg
 
-    async def _drain_iopub(self, idle_of: str | None = None, deadline: float = 0.0) -> None:
+    async def _drain_iopub(self, msg_id: str, until: float | None = None) -> bool:
         """Read and drop what the kernel published while a check talks to it on the shell
         channel (no cell asked for it), counted against the notebook's output bound: unread, it
         would pile up in the grader's memory. Past the bound the kernel is stopped.
 
-        With ``idle_of``, read until the kernel says it is idle after that request (everything
-        the request published comes before), or until ``deadline``; else what is there now.
+        Reads what is there now, or with ``until`` (a time.monotonic), waits for more until the
+        kernel says it is idle after request ``msg_id`` (all that the request published comes
+        before). Returns whether that idle status was read.
         """
         while True:
-            wait = min(max(deadline - time.monotonic(), 0.0), 0.1) if idle_of else 0
+            wait = 0.0 if until is None else min(max(until - time.monotonic(), 0.0), 0.1)
             try:
                 msg = await ensure_async(self.kc.get_iopub_msg(timeout=wait))
             except queue.Empty:
-                if idle_of is None or time.monotonic() >= deadline:
-                    return
+                if until is None or time.monotonic() >= until:
+                    return False
                 continue
             if (
-                idle_of is not None
-                and msg.get("msg_type") == "status"
+                msg.get("msg_type") == "status"
                 and msg.get("content", {}).get("execution_state") == "idle"
-                and msg.get("parent_header", {}).get("msg_id") == idle_of
+                and msg.get("parent_header", {}).get("msg_id") == msg_id
             ):
-                return
+                return True
             self._output_bytes += _size(msg.get("content"))
             if self._output_bytes > self.output_limit:
                 note = (
