@@ -13,14 +13,16 @@ for the reference module's compiled time:
 * ``eval``: the evaluation-mode forward pass (running statistics);
 * ``dropout``: one training step of inverted dropout, forward and backward.
 
-On a CUDA device it also prints the achieved memory bandwidth of each eager step, counted as the
-bytes a fused kernel must move at the least (read ``x`` and write ``y`` in the forward pass; read
-``x`` and ``dy`` and write ``dx`` in the backward pass; read ``x``, write ``y`` in eval), divided by
-the time, as a fraction of the device's peak bandwidth.
+On a CUDA device (or on a CPU given ``--peak-gbps``) it also prints the achieved memory bandwidth
+of ATen's and of the eager module's step, counted as the bytes a fused kernel must move at the
+least (read ``x`` and write ``y`` in the forward pass; read ``x`` and ``dy`` and write ``dx`` in
+the backward pass; read ``x``, write ``y`` in eval; for dropout, read ``x`` and write ``y``, read
+``dy`` and write ``dx``), divided by the time, as a fraction of the peak bandwidth.
 
     python benchmarks/nn_vs_aten.py                   # CPU, one thread, float32, every shape
     python benchmarks/nn_vs_aten.py --no-compile      # without torch.compile (much faster)
     python benchmarks/nn_vs_aten.py --device cuda     # a GPU, with bandwidth
+    python benchmarks/nn_vs_aten.py --peak-gbps 20    # a CPU whose memory moves 20 GB/s at most
 
 The machine may be shared: each measurement alternates ATen and the reference module for
 ``--rounds`` rounds and prints the median time of each and the median of the per-round ratios,
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         type=_shape,
         default=SHAPES,
-        help="input shapes such as 256x512 8x256x28x28 (default: the four of the issue tracker)",
+        help="input shapes such as 256x512 8x256x28x28 (default: two MLP and two CNN shapes)",
     )
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
@@ -171,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         "wall: wall clock (default otherwise)",
     )
     parser.add_argument(
-        "--peak-gbps", type=float, help="peak device bandwidth in GB/s (default: from torch)"
+        "--peak-gbps",
+        type=float,
+        help="peak memory bandwidth in GB/s, for the bandwidth columns (default: on a CUDA device, "
+        "what torch reports; on a CPU, none: give your machine's to see them)",
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -183,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clock cpu times one thread on a CPU: use --clock wall")
     torch.set_num_threads(args.threads)
     dtype = torch.float32
-    peak = None
+    if args.peak_gbps is not None and args.peak_gbps <= 0:
+        parser.error(f"--peak-gbps must be a positive number of GB/s, got {args.peak_gbps:g}")
+    peak = args.peak_gbps * 1e9 if args.peak_gbps else None
     if device.type == "cuda":
-        peak = args.peak_gbps * 1e9 if args.peak_gbps else peak_bandwidth(device)
+        peak = peak or peak_bandwidth(device)
         print(
             f"device: {torch.cuda.get_device_name(device)}, peak bandwidth {peak / 1e9:.0f} GB/s"
             if peak
@@ -193,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"device: cpu, {args.threads} thread(s), torch {torch.__version__}, {clock} clock")
+        if peak:
+            print(f"peak bandwidth {peak / 1e9:.0f} GB/s (given)")
     header = f"{'shape':<18} {'mode':<8} {'ATen ms':>9} {'eager ms':>9} {'eager/ATen [range]':>20}"
     if not args.no_compile:
         header += f" {'compiled ms':>11} {'compiled/ATen [range]':>21}"

@@ -350,20 +350,20 @@ class _Guard(TorchFunctionMode):
             return  # module and class bodies: importing a reference module is no call into it
         code, caller = frame.f_code, frame.f_back
         if _is_check_variant(code) and (caller is None or _notebook_code(caller.f_code)):
-            raise self._refuse(self._course_name(code))
+            raise self.refuse(self._course_name(code))
         copied = _course_source_in_notebook(frame)
         if copied is not None:
-            raise self._refuse(copied)
+            raise self.refuse(copied)
         decomposition = _decomposition_entry(frame, caller)
         if decomposition is not None:
-            raise self._refuse(decomposition)
+            raise self.refuse(decomposition)
         if not self.files:
             return
         filename = _absolute(code.co_filename)
         if filename in self.files and (
             caller is None or _absolute(caller.f_code.co_filename) not in self.files
         ):
-            raise self._refuse(self._course_name(code))
+            raise self.refuse(self._course_name(code))
 
     @staticmethod
     def _course_name(code: Any) -> str:
@@ -378,13 +378,16 @@ class _Guard(TorchFunctionMode):
         def switch(*args: Any, **kwargs: Any) -> Any:
             caller = sys._getframe(1)
             if _notebook_code(caller.f_code):
-                raise self._refuse(f"torch._C.{name}")
+                raise self.refuse(f"torch._C.{name}")
             return original(*args, **kwargs)
 
         return switch
 
-    def _refuse(self, called: str) -> ReferenceCallError:
-        self.violations.append(called)
+    def refuse(self, called: str, *, record: bool = True) -> ReferenceCallError:
+        """The error that refuses the call of ``called`` (a dotted name, or a
+        :data:`TAMPERING` reason), saying why; ``record``: add it to :attr:`violations`."""
+        if record:
+            self.violations.append(called)
         if called.startswith(TAMPERING):
             return ReferenceCallError(
                 f"{self.what} was not run: {called}. The autograder's check that the function "
@@ -427,13 +430,13 @@ class _Guard(TorchFunctionMode):
         kwargs = kwargs or {}
         route = _aten_route(func)
         if route is not None:
-            raise self._refuse(route)
+            raise self.refuse(route)
         if _function_name(func) in FORBIDDEN_TORCH_FUNCTIONS:
-            raise self._refuse(_qualified_name(func))
+            raise self.refuse(_qualified_name(func))
         if not _NOTEBOOK_ELSEWHERE.get():  # else no notebook code runs here (see above)
             reference = _reference_frame()
             if reference is not None:
-                raise self._refuse(reference)
+                raise self.refuse(reference)
         return func(*args, **kwargs)
 
 

@@ -345,12 +345,8 @@ class TrustedExecute(Execute):
                 and msg.get("parent_header", {}).get("msg_id") == msg_id
             ):
                 return True
-            self._output_bytes += _size(msg.get("content"))
-            if self._output_bytes > self.output_limit:
-                note = (
-                    f"the notebook sent more than {self.output_limit / 2**20:g} MiB of output "
-                    "while it was checked; its kernel was stopped"
-                )
+            if self._over_output_limit(msg):
+                note = self._output_limit_note(" while it was checked; its kernel was stopped")
                 self._dead = note
                 self._finding("killed", note)
                 with contextlib.suppress(Exception):
@@ -445,18 +441,24 @@ class TrustedExecute(Execute):
     def process_message(self, msg: dict, cell: NotebookNode, cell_index: int):
         """nbclient's handling of a kernel message, with the notebook's output bounded."""
         if msg.get("msg_type") not in ("status", "execute_input"):
-            self._output_bytes += _size(msg.get("content"))
-            if self._output_bytes > self.output_limit:
+            if self._over_output_limit(msg):
                 if not self._flooded:
                     self._flooded = True
-                    note = (
-                        f"the notebook sent more than {self.output_limit / 2**20:g} MiB of output;"
-                        " the rest was dropped and its kernel stopped"
-                    )
+                    note = self._output_limit_note("; the rest was dropped and its kernel stopped")
                     cell.outputs.append(_error_output("OutputLimit", note))
                     self._finding("killed", f"cell {cell_index}: {note}", cell=cell_index)
                 return None
         return super().process_message(msg, cell, cell_index)
+
+    def _over_output_limit(self, msg: dict) -> bool:
+        """Count what a kernel message carries against the notebook's output bound; whether the
+        notebook is now past it."""
+        self._output_bytes += _size(msg.get("content"))
+        return self._output_bytes > self.output_limit
+
+    def _output_limit_note(self, rest: str) -> str:
+        """What the notebook's feedback and the findings say when it passed the output bound."""
+        return f"the notebook sent more than {self.output_limit / 2**20:g} MiB of output{rest}"
 
     def _check_cell(self, cell: NotebookNode, grade_id: str) -> None:
         source = self._tests[grade_id]

@@ -326,7 +326,7 @@ class Kernel:
         guards = active_guards()
         if guards and self.tampering:
             _, guard = guards[0]
-            raise guard._refuse(f"{TAMPERING} ({self.tampering})")
+            raise guard.refuse(f"{TAMPERING} ({self.tampering})")
         request = {
             "op": "call",
             "target": {"$t": "handle", "id": target.id, "type": target.type_name},
@@ -437,10 +437,7 @@ def _rebuild(error: Any, guards: list) -> BaseException:
     if isinstance(index, int) and 0 <= index < len(guards):
         _, guard = guards[index]
         called = guard.violations[-1] if guard.violations else "a reference implementation"
-        refuse = getattr(guard, "refuse", None) or guard._refuse
-        exc = refuse(called)
-        guard.violations.pop()  # refuse() recorded it again
-        return exc
+        return guard.refuse(called, record=False)  # the kernel's guard recorded it
     cls = _REBUILT.get(str(error.get("builtin")))
     if cls is not None:
         exc: BaseException = cls(message)
