@@ -8,6 +8,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+import nbformat
 import pytest
 from example_course import (
     BIN,
@@ -92,6 +93,41 @@ def test_rerun_is_idempotent_and_keeps_latest_submission(tmp_path: Path) -> None
     alice = f"autograded/alice/{A}/{A}.ipynb"
     assert latest_nbs[alice] == first_nbs[alice]
     assert (root / "grades.csv").read_text().count("\nwarmup,") == 2
+
+
+def test_a_bncourse_folder_in_the_course_folder_does_not_replace_the_installed_grader(
+    tmp_path: Path,
+) -> None:
+    # A clone of the course's repository has the package's source at its root, maybe of another
+    # version than the one installed; nbgrader puts the course folder first on sys.path.
+    root = make_course(tmp_path / "course")
+    submit_kind(root, "ada", "correct")
+    decoy = root / "bncourse"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the folder in the course was imported')")
+    proc = run([str(BIN / "bncourse"), "grade", A, "--workers", "2", "--no-progress"], root)
+    assert "was imported" not in proc.stdout + proc.stderr
+    assert class_records(gradebook_url(root), A)["ada"].score == 5
+
+
+def test_the_log_says_a_test_cell_changed_only_where_the_student_changed_it(tmp_path: Path) -> None:
+    # test_mean has hidden tests: the student version differs from the gradebook's copy there.
+    root = make_course(tmp_path / "course")
+    submit_kind(root, "ada", "correct")
+    path = submit_kind(root, "bo", "correct")
+    nb = nbformat.read(path, as_version=4)
+    test_mean = next(
+        c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_mean"
+    )
+    test_mean.source = test_mean.source.replace("== 3.0", "== m")  # a test that always passes
+    nbformat.write(nb, path)
+    run([str(BIN / "bncourse"), "grade", A, "--workers", "2", "--no-progress"], root)
+    logs = root / ".bncourse" / "logs" / A
+    assert "checksum" not in (logs / "ada.log").read_text()
+    changed = [line for line in (logs / "bo.log").read_text().splitlines() if "checksum" in line]
+    assert len(changed) == 1 and "for cell test_mean has changed" in changed[0], changed
+    records = class_records(gradebook_url(root), A)
+    assert records["ada"].score == records["bo"].score == 5  # bo's test was put back, and passes
 
 
 def test_grade_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

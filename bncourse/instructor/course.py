@@ -92,11 +92,17 @@ class Course:
             raise FileNotFoundError(f"course_dir {root} has no {CONFIG_FILE}")
         from nbgrader.apps import NbGraderApp
 
+        # nbgrader puts the working folder first on sys.path, for the course's own plug-ins.
+        # The grader's package must stay the installed one: in a clone of the course's repository
+        # the folder's bncourse/ (maybe another version) would replace it in the processes that
+        # grade, and the kernels, which import the installed one, would not match them.
+        path = list(sys.path)
         with contextlib.chdir(course_root):
             app = NbGraderApp()
             app.initialize([])
             config = copy.deepcopy(app.config)
             app.clear_instance()
+        sys.path[:] = path
         if "root" not in config.CourseDirectory:
             config.CourseDirectory.root = str(course_root)
         return cls(root=Path(config.CourseDirectory.root).resolve(), config=config)

@@ -7,6 +7,7 @@ from typing import Any
 
 __all__ = [
     "AUTOGRADE_PREPROCESSORS",
+    "SANITIZE_PREPROCESSORS",
     "FEEDBACK_PREPROCESSORS",
     "FEEDBACK_TEMPLATES",
     "use_trusted_grading",
@@ -23,6 +24,16 @@ AUTOGRADE_PREPROCESSORS = [
 ]
 """nbgrader's own ``Autograde.autograde_preprocessors``, with the trusted execution step."""
 
+SANITIZE_PREPROCESSORS = [
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec",
+    "bncourse.trusted.test_cells.RestoreTestCells",  # in place of OverwriteCells
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+"""nbgrader's own ``Autograde.sanitize_preprocessors``: test cells put back from the gradebook
+without a false "changed" warning for each test cell with hidden tests."""
+
 FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
@@ -38,6 +49,7 @@ FEEDBACK_TEMPLATES = str(Path(__file__).resolve().parents[1] / "instructor" / "t
 
 def use_trusted_grading(config: Any) -> None:
     """Make nbgrader's autograde and feedback in ``config`` (a traitlets Config) trusted."""
+    config.Autograde.sanitize_preprocessors = list(SANITIZE_PREPROCESSORS)
     config.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
     config.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
     # nbgrader's API asks for the template named "feedback"; ours is found first.
