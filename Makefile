@@ -55,13 +55,12 @@ book-system-packages:
 
 ## The whole suite: lint, a clean book build, then every test (autograder round trips included),
 ## each test file on one of three processes (many tests wait on kernels and browsers, so three
-## keep two cores busy). Each process, and each kernel it grades in, runs torch on one thread:
-## several thread pools on two cores spend their time waiting for each other.
+## keep two cores busy).
 test: system-packages install
 	ruff check .
 	ruff format --check .
 	$(MAKE) --no-print-directory book-clean
-	OMP_NUM_THREADS=1 python -m pytest -n 3 --dist loadfile
+	python -m pytest -n 3 --dist loadfile
 
 lint: install
 	ruff check .

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import shutil
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -108,6 +110,26 @@ def test_a_bncourse_folder_in_the_course_folder_does_not_replace_the_installed_g
     proc = run([str(BIN / "bncourse"), "grade", A, "--workers", "2", "--no-progress"], root)
     assert "was imported" not in proc.stdout + proc.stderr
     assert class_records(gradebook_url(root), A)["ada"].score == 5
+
+
+def test_the_course_folder_is_on_sys_path_last_and_not_where_it_holds_another_bncourse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bncourse.instructor.course import Course
+
+    root = (tmp_path / "course").resolve()
+    ec.make_course(root)
+    (root / "course_plugin.py").write_text("VALUE = 3\n")  # a plug-in of the course's own
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = list(sys.path)
+    Course.load(root)
+    assert sys.path == [*before, str(root)]
+    assert importlib.import_module("course_plugin").VALUE == 3
+    (root / "bncourse").mkdir()
+    (root / "bncourse" / "__init__.py").write_text("")
+    sys.path[:] = before
+    Course.load(root)
+    assert sys.path == before
 
 
 def test_the_log_says_a_test_cell_changed_only_where_the_student_changed_it(tmp_path: Path) -> None:

@@ -76,6 +76,19 @@ def find_course_dir(start: Path | None = None) -> Path:
     )
 
 
+def _shadows_grader(folder: str) -> bool:
+    """Whether ``folder`` holds a ``bncourse`` package other than the one running.
+
+    nbgrader puts the course folder first on sys.path, for the course's own plug-ins; here it
+    goes last, and not at all where it holds another ``bncourse`` (a clone of the course's
+    repository): the processes that grade would import that copy, maybe of another version,
+    and the kernels, which import the installed package, would not match them.
+    """
+    package = Path(folder or os.curdir) / "bncourse"
+    running = Path(sys.modules["bncourse"].__file__).resolve().parent
+    return package.is_dir() and package.resolve() != running
+
+
 @dataclass(frozen=True)
 class Course:
     """A course folder and the nbgrader configuration that ``nbgrader`` would use in it."""
@@ -92,17 +105,13 @@ class Course:
             raise FileNotFoundError(f"course_dir {root} has no {CONFIG_FILE}")
         from nbgrader.apps import NbGraderApp
 
-        # nbgrader puts the working folder first on sys.path, for the course's own plug-ins.
-        # The grader's package must stay the installed one: in a clone of the course's repository
-        # the folder's bncourse/ (maybe another version) would replace it in the processes that
-        # grade, and the kernels, which import the installed one, would not match them.
         path = list(sys.path)
         with contextlib.chdir(course_root):
             app = NbGraderApp()
             app.initialize([])
             config = copy.deepcopy(app.config)
             app.clear_instance()
-        sys.path[:] = path
+        sys.path[:] = path + [p for p in sys.path if p not in path and not _shadows_grader(p)]
         if "root" not in config.CourseDirectory:
             config.CourseDirectory.root = str(course_root)
         return cls(root=Path(config.CourseDirectory.root).resolve(), config=config)

@@ -154,21 +154,24 @@ def batch_norm_backward_from_statistics(
         - \gamma k^3 \frac{\sum g (x - \mu)}{n} (x - \mu) - \gamma k \frac{\sum g}{n},
 
     a per-channel multiple of :math:`g`, plus one of :math:`x - \mu`, plus a per-channel constant:
-    two sums over the batch and multiply-adds per element: :math:`x - \mu` is written into one
-    large temporary that becomes the gradient of the input.
+    two sums over the batch and multiply-adds per element, all written over one large temporary
+    that becomes the gradient of the input. :math:`x - \mu` is computed twice, for
+    :math:`\sum g (x - \mu)` and for the gradient: a pass over the input costs less than a
+    second temporary of its size.
     """
     dims = reduction_dims(input)
     n = input.numel() // max(input.shape[1], 1)
     scratch = scratch_like(input, grad_output, mean, inv_std, weight)
     grad_bias = batch_sum(grad_output, dims)  # sum of g
-    centered = torch.sub(input, mean, out=scratch)  # x - mu
-    grad_weight = batch_sum(centered * grad_output, dims) * inv_std  # sum of g x_hat
+    products = torch.mul(torch.sub(input, mean, out=scratch), grad_output, out=scratch)
+    grad_weight = batch_sum(products, dims) * inv_std  # sum of g x_hat = k sum g (x - mu)
     scale = inv_std if weight is None else inv_std * per_channel(weight, input.dim())
     if training:
         # The paths through the variance and through the mean, as per-channel coefficients.
         per_value = scale * (-1 / n)  # -gamma k / n
         variance_path = per_value * inv_std * grad_weight  # -gamma k^3 sum g(x - mu) / n
         mean_path = per_value * grad_bias  # -gamma k sum g / n
+        centered = torch.sub(input, mean, out=scratch)  # x - mu, again
         grad_input = multiply_add(centered, variance_path, mean_path, out=scratch)
         grad_input = torch.addcmul(grad_input, grad_output, scale, out=scratch)
     else:
