@@ -596,7 +596,6 @@ def apply_module_state(
     decoder.hooks += sum(hooks)
     _expect(decoder.hooks <= MAX_HOOKS, f"more than {MAX_HOOKS} hooks left on modules")
     for table, wanted in ((module._forward_pre_hooks, hooks[0]), (module._forward_hooks, hooks[1])):
-        _expect(isinstance(wanted, int) and 0 <= wanted < 10_000, "bad hook count")
         # The stand-ins on this side are exactly the other side's own hooks; this side's own
         # hooks (the grader's recorders, the notebook's hooks) are never counted twice.
         for key in [k for k, h in table.items() if is_dummy_hook(h)]:
@@ -606,7 +605,6 @@ def apply_module_state(
                 module.register_forward_pre_hook(_stand_in_hook)
             else:
                 module.register_forward_hook(_stand_in_hook)
-    _expect(isinstance(hooks[2], int) and 0 <= hooks[2] < 10_000, "bad hook count")
     for table in (module._backward_hooks, getattr(module, "_backward_pre_hooks", {})):
         for key in [k for k, h in table.items() if is_dummy_hook(h)]:
             del table[key]
