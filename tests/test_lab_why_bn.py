@@ -106,7 +106,11 @@ def test_the_direction_probe_matches_a_hand_computed_step_and_restores_the_model
 
 def test_the_probe_draws_the_same_noise_at_every_point():
     model = ablation_mlp(5, 3, depth=2, width=4, noise=(1.0, 2.0), seed=0)
-    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    # Data of its own seed, not of the tests run before: on about 3% of draws a step of 1e-3
+    # crosses a ReLU's kink and changes the gradient by more than 1% (new noise would change it
+    # by about 100%).
+    data = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 5, generator=data), torch.randint(0, 3, (16,), generator=data)
     first = probe_gradient_direction(model, x, y, etas=[1e-3], seed=3)
     again = probe_gradient_direction(model, x, y, etas=[1e-3], seed=3)
     assert first == again
